@@ -1,0 +1,6 @@
+//! The bramble control plane: the redb [`store`], the Kubernetes-style HTTP
+//! [`api`], and the user-facing [`cli`].
+
+pub mod api;
+pub mod cli;
+pub mod store;

@@ -1,0 +1,1 @@
+//! The cluster state in one redb file. STUB: to be completed.
