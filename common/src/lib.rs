@@ -6,6 +6,7 @@
 //! functions, so both sides (and their tests) can use it freely.
 
 pub mod api;
+pub mod defaults;
 pub mod kinds;
 pub mod manifest;
 pub mod meta;

@@ -1,8 +1,104 @@
-//! The `bramble` command line. STUB: to be completed.
+//! The `bramble` command line: `bramble master` runs the control plane; the
+//! other subcommands talk to it over HTTPS with a kubeconfig, like kubectl.
 
+mod apply;
+pub mod client;
+mod get;
+mod master;
+mod output;
+mod snapshot;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default data directory of the master.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/master";
+
+/// The `bramble` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bramble",
+    version,
+    about = "bramble: a tiny Kubernetes-style orchestrator for Raspberry Pi clusters"
+)]
+pub struct Cli {
+    /// Kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, then /var/lib/bramble/master/admin.kubeconfig).
+    #[arg(long, global = true, env = "BRAMBLE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Namespace flags shared by the object commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NamespaceArgs {
+    /// Namespace (default: the kubeconfig context's, usually `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (API server and store).
+    Master(master::MasterArgs),
+    /// Create or update objects from files (YAML or JSON, multi-document; `-` for stdin).
+    Apply(apply::ApplyArgs),
+    /// List objects or show one.
+    Get(get::GetArgs),
+    /// Show an object in detail, with its events.
+    Describe(get::DescribeArgs),
+    /// Delete objects by name or from files.
+    Delete(get::DeleteArgs),
+    /// Save or restore the whole store.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// Print the client and server versions.
+    Version,
+}
 
 /// Parse the command line and run the chosen subcommand.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Master(args) => return master::main(&runtime, args),
+        Command::Apply(args) => runtime.block_on(apply::run(cli.kubeconfig.as_deref(), args)),
+        Command::Get(args) => runtime.block_on(get::get(cli.kubeconfig.as_deref(), args)),
+        Command::Describe(args) => runtime.block_on(get::describe(cli.kubeconfig.as_deref(), args)),
+        Command::Delete(args) => runtime.block_on(get::delete(cli.kubeconfig.as_deref(), args)),
+        Command::Snapshot(cmd) => runtime.block_on(snapshot::run(cli.kubeconfig.as_deref(), cmd)),
+        Command::Version => runtime.block_on(version(cli.kubeconfig.as_deref())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn version(kubeconfig: Option<&std::path::Path>) -> Result<ExitCode, client::ClientError> {
+    println!("Client Version: bramble {}", env!("CARGO_PKG_VERSION"));
+    let client = client::Client::from_kubeconfig(kubeconfig)?;
+    let server = client.get("/version").await?;
+    println!(
+        "Server Version: {}",
+        server["gitVersion"].as_str().unwrap_or("unknown")
+    );
+    Ok(ExitCode::SUCCESS)
 }

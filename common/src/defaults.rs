@@ -1,0 +1,164 @@
+//! Server-side defaults, applied to every object the API admits, as
+//! Kubernetes does (so `kubectl get -o yaml` shows the values in force).
+
+use base64::Engine;
+
+use crate::api::{Container, PodSpec};
+use crate::kinds::AnyObject;
+
+/// Fill in the defaults of `object`.
+pub fn apply_defaults(object: &mut AnyObject) {
+    match object {
+        AnyObject::Pod(pod) => {
+            pod_spec_defaults(&mut pod.spec);
+            // A new pod is Pending until the scheduler and its node say otherwise.
+            let status = pod.status.get_or_insert_with(Default::default);
+            status.phase.get_or_insert_with(|| "Pending".into());
+        }
+        AnyObject::Deployment(d) => {
+            d.spec.replicas.get_or_insert(1);
+            d.spec.revision_history_limit.get_or_insert(10);
+            d.spec.progress_deadline_seconds.get_or_insert(600);
+            let strategy = d.spec.strategy.get_or_insert_with(Default::default);
+            let type_ = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+            if type_ == "RollingUpdate" {
+                let rolling = strategy.rolling_update.get_or_insert_with(Default::default);
+                rolling
+                    .max_surge
+                    .get_or_insert(crate::meta::IntOrString::String("25%".into()));
+                rolling
+                    .max_unavailable
+                    .get_or_insert(crate::meta::IntOrString::String("25%".into()));
+            }
+            pod_spec_defaults(&mut d.spec.template.spec);
+        }
+        AnyObject::ReplicaSet(rs) => {
+            rs.spec.replicas.get_or_insert(1);
+            pod_spec_defaults(&mut rs.spec.template.spec);
+        }
+        AnyObject::DaemonSet(ds) => {
+            ds.spec.revision_history_limit.get_or_insert(10);
+            let strategy = ds.spec.update_strategy.get_or_insert_with(Default::default);
+            strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+            pod_spec_defaults(&mut ds.spec.template.spec);
+        }
+        AnyObject::Service(svc) => {
+            svc.spec.type_.get_or_insert_with(|| "ClusterIP".into());
+            svc.spec
+                .session_affinity
+                .get_or_insert_with(|| "None".into());
+            for port in &mut svc.spec.ports {
+                port.protocol.get_or_insert_with(|| "TCP".into());
+                if port.target_port.is_none() {
+                    port.target_port = Some(crate::meta::IntOrString::Int(port.port));
+                }
+            }
+        }
+        AnyObject::Secret(secret) => {
+            secret.type_.get_or_insert_with(|| "Opaque".into());
+            let engine = base64::engine::general_purpose::STANDARD;
+            for (key, value) in std::mem::take(&mut secret.string_data) {
+                secret.data.insert(key, engine.encode(value.as_bytes()));
+            }
+        }
+        AnyObject::Namespace(ns) => {
+            let status = ns.status.get_or_insert_with(Default::default);
+            status.phase.get_or_insert_with(|| "Active".into());
+        }
+        AnyObject::Node(_) | AnyObject::ConfigMap(_) | AnyObject::Event(_) => {}
+    }
+}
+
+fn container_defaults(container: &mut Container) {
+    if container.image_pull_policy.is_none() {
+        let latest = image_tag(&container.image).is_none_or(|tag| tag == "latest");
+        let digest = container.image.contains('@');
+        container.image_pull_policy = Some(
+            if latest && !digest {
+                "Always"
+            } else {
+                "IfNotPresent"
+            }
+            .into(),
+        );
+    }
+    for port in &mut container.ports {
+        port.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
+/// The tag of an image reference, if any (`busybox:1.36` → `1.36`).
+fn image_tag(image: &str) -> Option<&str> {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last_segment = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    last_segment.split_once(':').map(|(_, tag)| tag)
+}
+
+fn pod_spec_defaults(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    for container in spec
+        .init_containers
+        .iter_mut()
+        .chain(spec.containers.iter_mut())
+    {
+        container_defaults(container);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Pod, Secret};
+
+    #[test]
+    fn pull_policy_follows_the_tag() {
+        let mut pod = Pod::default();
+        for image in [
+            "busybox",
+            "busybox:latest",
+            "busybox:1.36",
+            "reg:5000/busybox",
+            "busybox@sha256:ab",
+        ] {
+            pod.spec.containers.push(Container {
+                name: "c".into(),
+                image: image.into(),
+                ..Default::default()
+            });
+        }
+        let mut object = AnyObject::Pod(pod);
+        apply_defaults(&mut object);
+        let AnyObject::Pod(pod) = object else {
+            unreachable!()
+        };
+        let policies: Vec<_> = pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.image_pull_policy.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            policies,
+            ["Always", "Always", "IfNotPresent", "Always", "IfNotPresent"]
+        );
+        assert_eq!(pod.spec.restart_policy.as_deref(), Some("Always"));
+    }
+
+    #[test]
+    fn secret_string_data_moves_into_data() {
+        let mut secret = Secret::default();
+        secret.string_data.insert("user".into(), "admin".into());
+        let mut object = AnyObject::Secret(secret);
+        apply_defaults(&mut object);
+        let AnyObject::Secret(secret) = object else {
+            unreachable!()
+        };
+        assert!(secret.string_data.is_empty());
+        assert_eq!(secret.data["user"], "YWRtaW4=");
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    }
+}

@@ -1,0 +1,257 @@
+//! `bramble master`: open the store, make credentials on first start, and
+//! serve the API until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bramble_common::Kind;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{self, pki};
+use crate::store::{ObjectKey, Store, StoreError, StoreOptions};
+
+/// Flags of `bramble master`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MasterArgs {
+    /// Configuration file (TOML with the same keys as the flags: data-dir, listen, cluster-name, tls-san).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory holding the store, the credentials and the admin kubeconfig [default: /var/lib/bramble/master].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTPS API [default: 0.0.0.0:6443].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Name of the cluster (in the kubeconfig and MQTT topics) [default: bramble].
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// Extra DNS name or IP address for the serving certificate (repeatable; used on first start).
+    #[arg(long)]
+    pub tls_san: Vec<String>,
+    /// Watch events kept for clients resuming a watch [default: 10000].
+    #[arg(long)]
+    pub event_log_capacity: Option<usize>,
+    /// Load and check the configuration, print it and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The master's effective configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MasterConfig {
+    /// See `--data-dir`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// See `--listen`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// See `--cluster-name`.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    /// See `--tls-san`.
+    #[serde(default)]
+    pub tls_san: Vec<String>,
+    /// See `--event-log-capacity`.
+    #[serde(default = "default_event_log_capacity")]
+    pub event_log_capacity: usize,
+}
+
+fn default_event_log_capacity() -> usize {
+    10_000
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(super::DEFAULT_DATA_DIR)
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 6443))
+}
+fn default_cluster_name() -> String {
+    "bramble".into()
+}
+
+impl MasterConfig {
+    /// The file (if any) overridden by the flags.
+    pub fn load(args: &MasterArgs) -> Result<MasterConfig, String> {
+        let mut config: MasterConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => toml::from_str("").map_err(|e| e.to_string())?,
+        };
+        if let Some(dir) = &args.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        if let Some(name) = &args.cluster_name {
+            config.cluster_name = name.clone();
+        }
+        config.tls_san.extend(args.tls_san.iter().cloned());
+        if let Some(capacity) = args.event_log_capacity {
+            config.event_log_capacity = capacity;
+        }
+        if config.event_log_capacity == 0 {
+            return Err("event-log-capacity must be at least 1".into());
+        }
+        let name_ok = !config.cluster_name.is_empty()
+            && config.cluster_name.len() <= 63
+            && config
+                .cluster_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return Err(format!(
+                "cluster-name {:?} is invalid: use 1 to 63 lowercase letters, digits or '-'",
+                config.cluster_name
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Run `bramble master`.
+pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
+    let config = match MasterConfig::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("data-dir = {:?}", config.data_dir.display().to_string());
+        println!("listen = \"{}\"", config.listen);
+        println!("cluster-name = {:?}", config.cluster_name);
+        println!("tls-san = {:?}", config.tls_san);
+        println!("event-log-capacity = {}", config.event_log_capacity);
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn create_data_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            format!(
+                "cannot create the data dir {}: {e}; choose another with --data-dir",
+                dir.display()
+            )
+        })
+}
+
+async fn ensure_builtin_namespaces(store: &Store) -> Result<(), String> {
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let key = ObjectKey {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: name.into(),
+        };
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        match store.create(&key, object).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(format!("cannot create namespace {name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+async fn run(config: MasterConfig) -> Result<(), String> {
+    create_data_dir(&config.data_dir)?;
+    let db_path = config.data_dir.join("store.redb");
+    let store = {
+        let path = db_path.clone();
+        let options = StoreOptions {
+            event_log_capacity: config.event_log_capacity,
+            ..StoreOptions::default()
+        };
+        tokio::task::spawn_blocking(move || Store::open(&path, options))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    ensure_builtin_namespaces(&store).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} for the API: {e}; choose another address with --listen",
+                config.listen
+            )
+        })?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let pki_options = pki::PkiOptions {
+        extra_sans: config.tls_san.clone(),
+        server_url: format!("https://127.0.0.1:{}", local.port()),
+        cluster_name: config.cluster_name.clone(),
+    };
+    let credentials =
+        pki::load_or_create(&config.data_dir, &pki_options).map_err(|e| e.to_string())?;
+    let state = Arc::new(api::ApiState {
+        store: store.clone(),
+        auth: api::auth::Authenticator::new(credentials.admin_token_sha256),
+        max_body_bytes: 3 * 1024 * 1024,
+        scratch_dir: config.data_dir.clone(),
+    });
+    let app = api::router(state);
+    tracing::info!(
+        listen = %local,
+        data_dir = %config.data_dir.display(),
+        kubeconfig = %credentials.kubeconfig_path.display(),
+        revision = store.current_revision(),
+        "bramble master ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    api::server::serve_tls(listener, credentials.tls, app, shutdown_signal()).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("bramble master stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
