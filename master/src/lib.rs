@@ -2,5 +2,6 @@
 //! [`api`], and the user-facing [`cli`].
 
 pub mod api;
+pub mod broker;
 pub mod cli;
 pub mod store;

@@ -1,0 +1,108 @@
+//! The embedded MQTT broker (rumqttd), started by `bramble master` unless an
+//! external broker is configured.
+//!
+//! Clients authenticate at CONNECT with a user name and a token, checked
+//! against a [`Credentials`] table that the master keeps in step with the
+//! store (node join tokens, stored hashed). A refused client sees its TCP
+//! connection closed. Nothing outside this module knows that the broker is
+//! embedded: the rest of the master talks MQTT to an address like any client.
+
+mod credentials;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+pub use credentials::Credentials;
+
+/// Errors starting the embedded broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The MQTT address could not be bound.
+    #[error("cannot listen on {addr} for MQTT: {source}; choose another address with --mqtt-listen (or use an external broker with --mqtt-url)")]
+    Bind {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The broker thread could not be started.
+    #[error("cannot start the embedded MQTT broker: {0}")]
+    Start(String),
+}
+
+/// A running embedded broker.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedBroker {
+    /// The address it listens on (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+}
+
+/// Largest MQTT payload accepted (the protocol's message limit plus headroom
+/// for the MQTT header and topic).
+const MAX_PAYLOAD_BYTES: usize = 130 * 1024;
+
+/// Start the broker on `listen`. It runs on its own threads (rumqttd has no
+/// shutdown; it ends with the process).
+pub fn start(listen: SocketAddr, credentials: Arc<Credentials>) -> Result<EmbeddedBroker, BrokerError> {
+    // Bind here first: a busy port becomes a clear error naming the flag, and
+    // port 0 becomes a real port (rumqttd binds on its own thread and only
+    // logs a failure).
+    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    let addr = probe
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    drop(probe);
+
+    let mut settings: rumqttd::ServerSettings = serde_json::from_value(serde_json::json!({
+        "name": "bramble-v4",
+        "listen": addr.to_string(),
+        "next_connection_delay_ms": 1,
+        "connections": {
+            "connection_timeout_ms": 10000,
+            "max_payload_size": MAX_PAYLOAD_BYTES,
+            "max_inflight_count": 100,
+            "dynamic_filters": true,
+        },
+    }))
+    .map_err(|e| BrokerError::Start(format!("server settings: {e}")))?;
+    settings.set_auth_handler(move |client_id: String, user: String, token: String| {
+        let credentials = credentials.clone();
+        async move {
+            let ok = credentials.check(&user, &token);
+            if !ok {
+                tracing::warn!(%client_id, %user, "MQTT login refused: unknown user or wrong token");
+            }
+            ok
+        }
+    });
+    let mut v4 = std::collections::HashMap::new();
+    v4.insert("1".to_string(), settings);
+    let router: rumqttd::RouterConfig = serde_json::from_value(serde_json::json!({
+        "max_connections": 20000,
+        "max_outgoing_packet_count": 200,
+        // Memory per topic grows to size x count: keep segments small (a
+        // Pi Zero has 512 MiB), but big enough for the largest message.
+        "max_segment_size": 256 * 1024,
+        "max_segment_count": 2,
+        "custom_segment": null,
+        "initialized_filters": null,
+    }))
+    .map_err(|e| BrokerError::Start(format!("router settings: {e}")))?;
+    let config = rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(v4),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(|e| BrokerError::Start(e.to_string()))?;
+    Ok(EmbeddedBroker { addr })
+}
