@@ -12,6 +12,7 @@ pub mod meta;
 pub mod quantity;
 pub mod table;
 pub mod validation;
+pub mod wire;
 
 pub use kinds::{Kind, KindInfo};
 pub use meta::{ObjectMeta, Status};
