@@ -13,6 +13,7 @@ pub mod meta;
 pub mod quantity;
 pub mod table;
 pub mod validation;
+pub mod wire;
 
 pub use kinds::{Kind, KindInfo};
 pub use meta::{ObjectMeta, Status};
