@@ -1,6 +1,7 @@
 //! The bramble control plane: the redb [`store`], the Kubernetes-style HTTP
-//! [`api`], and the user-facing [`cli`].
+//! [`api`], the [`scheduler`], and the user-facing [`cli`].
 
 pub mod api;
 pub mod cli;
+pub mod scheduler;
 pub mod store;
