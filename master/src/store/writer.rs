@@ -170,19 +170,29 @@ impl Writer {
         if self.needs_reopen {
             self.try_reopen();
         }
-        let start_revision = self.shared.revision.load(Ordering::Acquire);
-        let outcome = self.apply_batch(&batch, start_revision);
+        // A bug that panics on some input must fail its batch, not stop the
+        // writer (and with it every later write).
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_batch(&batch)))
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Storage(
+                "internal error while writing (a bug; see the master's log); nothing was written"
+                    .to_string(),
+            ))
+                });
         match outcome {
-            Ok((results, events, new_revision, oldest)) => {
-                if new_revision != start_revision {
+            Ok(applied) => {
+                if let Some((revision, oldest)) = applied.committed {
                     self.shared.oldest_event.store(oldest, Ordering::Release);
-                    self.shared.revision.store(new_revision, Ordering::Release);
+                    // Before the broadcast: a watch "from now" that reads
+                    // this revision already receives every later event.
+                    self.shared.revision.store(revision, Ordering::Release);
                 }
-                for event in events {
+                for event in applied.events {
                     // No receivers is fine: nobody is watching.
                     let _ = self.shared.events.send(event);
                 }
-                for (request, result) in batch.into_iter().zip(results) {
+                for (request, result) in batch.into_iter().zip(applied.results) {
                     let _ = request.reply.send(result);
                 }
             }
@@ -195,22 +205,16 @@ impl Writer {
         }
     }
 
-    /// Applies a batch in one transaction and commits it. Returns each op's
-    /// result, the events to publish, the new revision and the oldest
-    /// logged revision.
-    #[allow(clippy::type_complexity)]
-    fn apply_batch(
-        &mut self,
-        batch: &[Request],
-        start_revision: u64,
-    ) -> Result<(Vec<Result<OpOutput, StoreError>>, Vec<WatchEvent>, u64, u64), StoreError> {
+    /// Applies a batch in one transaction and commits it.
+    fn apply_batch(&mut self, batch: &[Request]) -> Result<Applied, StoreError> {
         let db = self.shared.db()?;
         let txn = db.begin_write().map_err(|e| self.storage(e))?;
         // Dropping `txn` without commit rolls everything back.
-        let mut batch_txn = match BatchTxn::open(&txn, start_revision) {
+        let mut batch_txn = match BatchTxn::open(&txn) {
             Ok(batch_txn) => batch_txn,
             Err(e) => return Err(self.storage(e)),
         };
+        let start_revision = batch_txn.revision;
         let mut results = Vec::with_capacity(batch.len());
         for request in batch {
             match batch_txn.apply(&request.op) {
@@ -221,11 +225,15 @@ impl Writer {
         }
         if batch_txn.revision == start_revision {
             // Nothing changed: no commit, no disk write.
-            return Ok((results, Vec::new(), start_revision, 0));
+            return Ok(Applied {
+                results,
+                events: Vec::new(),
+                committed: None,
+            });
         }
         let capacity =
             u64::try_from(self.shared.options.event_log_capacity.max(1)).unwrap_or(u64::MAX);
-        let (revision, oldest) = match batch_txn.finish(capacity) {
+        let counters = match batch_txn.finish(capacity) {
             Ok(counters) => counters,
             Err(e) => return Err(self.storage(e)),
         };
@@ -233,7 +241,11 @@ impl Writer {
         drop(batch_txn);
         txn.commit().map_err(|e| self.storage(e))?;
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
-        Ok((results, events, revision, oldest))
+        Ok(Applied {
+            results,
+            events,
+            committed: Some(counters),
+        })
     }
 
     /// Closes the failed handle and opens the file again.
@@ -289,6 +301,16 @@ impl Writer {
     }
 }
 
+/// What a batch did.
+struct Applied {
+    /// Each op's result, in order.
+    results: Vec<Result<OpOutput, StoreError>>,
+    /// The events to publish, in revision order.
+    events: Vec<WatchEvent>,
+    /// (new revision, oldest logged revision) if anything was committed.
+    committed: Option<(u64, u64)>,
+}
+
 /// The tables of one write transaction and the batch's running state.
 struct BatchTxn<'txn> {
     objects: Table<'txn, &'static str, &'static [u8]>,
@@ -302,12 +324,20 @@ struct BatchTxn<'txn> {
 }
 
 impl<'txn> BatchTxn<'txn> {
-    fn open(txn: &'txn WriteTransaction, revision: u64) -> Result<Self, redb::Error> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+        let meta = txn.open_table(META)?;
+        // The counter as this transaction sees it is the only truth.
+        let revision = match meta.get(schema::META_REVISION)? {
+            Some(bytes) => schema::decode_revision(bytes.value()).ok_or_else(|| {
+                redb::Error::Corrupted("the store's revision counter is malformed".to_string())
+            })?,
+            None => 0,
+        };
         Ok(BatchTxn {
             objects: txn.open_table(OBJECTS)?,
             events_table: txn.open_table(EVENTS)?,
             owners: txn.open_table(OWNERS)?,
-            meta: txn.open_table(META)?,
+            meta,
             revision,
             events: Vec::new(),
         })
