@@ -6,13 +6,14 @@
 //!   Kubernetes' order ([`filter`]), score the ones that pass ([`score`]),
 //!   and explain a pod that fits nowhere in Kubernetes' words ([`explain`]);
 //!   quantities and requests are in [`resources`].
-//! - the running scheduler (to come in `run`): a cache of nodes and pods fed by
+//! - the running scheduler, [`run()`] (in [`mod@run`]): a cache of nodes and pods fed by
 //!   store watches, coalesced scheduling passes, bindings, the
 //!   `PodScheduled` condition and `Scheduled` / `FailedScheduling` events.
 
 pub mod explain;
 pub mod filter;
 pub mod resources;
+pub mod run;
 pub mod score;
 mod snapshot;
 #[cfg(test)]
@@ -21,6 +22,7 @@ mod tests;
 use bramble_common::api::{Node, Pod};
 
 pub use explain::Unschedulable;
+pub use run::{run, run_with_options, SchedulerOptions};
 pub use score::NodeScore;
 pub use snapshot::{bound_node, is_ready, is_terminal, Snapshot};
 
