@@ -590,10 +590,12 @@ impl Scheduler {
             .filter_map(|key| self.pods.get(key))
             .filter(|cached| {
                 let uid = cached.pod.metadata.uid.as_deref().unwrap_or("");
-                self.memory.get(uid).is_none_or(|memory| {
-                    memory.attempted != Some((cached.revision, generation))
-                        || memory.retry_at.is_some_and(|at| at <= now)
-                })
+                let retry = self
+                    .memory
+                    .get(uid)
+                    .and_then(|memory| memory.retry_at)
+                    .is_some_and(|at| at <= now);
+                retry || self.is_due(&cached.pod, cached.revision)
             })
             .collect();
         due.sort_by(|a, b| {
