@@ -1,7 +1,8 @@
 //! The bramble control plane: the redb [`store`], the Kubernetes-style HTTP
-//! [`api`], and the user-facing [`cli`].
+//! [`api`], the [`scheduler`], and the user-facing [`cli`].
 
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod scheduler;
 pub mod store;
