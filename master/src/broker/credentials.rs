@@ -46,9 +46,13 @@ impl Credentials {
         let Ok(users) = self.users.read() else {
             return false;
         };
-        users
-            .get(user)
-            .is_some_and(|expected| expected.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+        users.get(user).is_some_and(|expected| {
+            expected
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        })
     }
 }
 
@@ -67,7 +71,12 @@ mod tests {
         assert!(!table.check("pi-1", "t1"));
         table.allow("master", Sha256::digest(b"m").into());
         table.allow("pi-3", Sha256::digest(b"t3").into());
-        table.replace_all(HashMap::from([("pi-4".to_string(), Sha256::digest(b"t4").into())]), &["master"]);
-        assert!(table.check("master", "m") && table.check("pi-4", "t4") && !table.check("pi-3", "t3"));
+        table.replace_all(
+            HashMap::from([("pi-4".to_string(), Sha256::digest(b"t4").into())]),
+            &["master"],
+        );
+        assert!(
+            table.check("master", "m") && table.check("pi-4", "t4") && !table.check("pi-3", "t3")
+        );
     }
 }

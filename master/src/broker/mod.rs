@@ -44,14 +44,21 @@ const MAX_PAYLOAD_BYTES: usize = 130 * 1024;
 
 /// Start the broker on `listen`. It runs on its own threads (rumqttd has no
 /// shutdown; it ends with the process).
-pub fn start(listen: SocketAddr, credentials: Arc<Credentials>) -> Result<EmbeddedBroker, BrokerError> {
+pub fn start(
+    listen: SocketAddr,
+    credentials: Arc<Credentials>,
+) -> Result<EmbeddedBroker, BrokerError> {
     // Bind here first: a busy port becomes a clear error naming the flag, and
     // port 0 becomes a real port (rumqttd binds on its own thread and only
     // logs a failure).
-    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
-    let addr = probe
-        .local_addr()
-        .map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
     drop(probe);
 
     let mut settings: rumqttd::ServerSettings = serde_json::from_value(serde_json::json!({

@@ -143,98 +143,16 @@ impl Allocatable {
     }
 }
 
-// TODO(quantity): switch `milli` and `units` to `Quantity::parse` with
-// `milli_value()` / `value()` once the parser on h-common is merged; these
-// private helpers only exist so the scheduler does not wait for it, and round
-// the same way (up, away from zero).
-
 /// `q` in milli-units, rounded up (`250m` is 250, `1.5` is 1500), or `None`
 /// when it does not parse.
 pub(crate) fn milli(q: &Quantity) -> Option<i128> {
-    let (num, den) = parse_quantity(&q.0)?;
-    Some(div_away_from_zero(num.checked_mul(1000)?, den))
+    q.parse().ok().map(|p| p.milli_value())
 }
 
 /// `q` in whole units, rounded up (`64Mi` is 67108864, `100m` is 1), or
 /// `None` when it does not parse.
 pub(crate) fn units(q: &Quantity) -> Option<i128> {
-    let (num, den) = parse_quantity(&q.0)?;
-    Some(div_away_from_zero(num, den))
-}
-
-fn div_away_from_zero(value: i128, divisor: i128) -> i128 {
-    let quotient = value / divisor;
-    if value % divisor == 0 {
-        quotient
-    } else if value < 0 {
-        quotient - 1
-    } else {
-        quotient + 1
-    }
-}
-
-/// Parses Kubernetes' quantity grammar (`[+-]digits[.digits][suffix]`, the
-/// suffix binary `Ki`..`Ei`, decimal `n u m k M G T P E`, or an exponent
-/// `e3`/`E-2`) into an exact fraction `num / den` of units.
-fn parse_quantity(text: &str) -> Option<(i128, i128)> {
-    let text = text.trim();
-    let (negative, rest) = match text.as_bytes().first()? {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
-    };
-    let number_end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
-    let (number, suffix) = rest.split_at(number_end);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
-        return None;
-    }
-    let mut num: i128 = 0;
-    for digit in whole.bytes().chain(fraction.bytes()) {
-        num = num.checked_mul(10)?.checked_add(i128::from(digit - b'0'))?;
-    }
-    let mut den = pow10(u32::try_from(fraction.len()).ok()?)?;
-    let (multiplier, divisor) = match suffix {
-        "" => (1, 1),
-        "Ki" => (1 << 10, 1),
-        "Mi" => (1 << 20, 1),
-        "Gi" => (1 << 30, 1),
-        "Ti" => (1 << 40, 1),
-        "Pi" => (1 << 50, 1),
-        "Ei" => (1 << 60, 1),
-        "n" => (1, 1_000_000_000),
-        "u" => (1, 1_000_000),
-        "m" => (1, 1_000),
-        "k" => (1_000, 1),
-        "M" => (1_000_000, 1),
-        "G" => (1_000_000_000, 1),
-        "T" => (pow10(12)?, 1),
-        "P" => (pow10(15)?, 1),
-        "E" => (pow10(18)?, 1),
-        exponent => {
-            let digits = exponent
-                .strip_prefix('e')
-                .or_else(|| exponent.strip_prefix('E'))?;
-            let value: i32 = digits.parse().ok()?;
-            if value >= 0 {
-                (pow10(value.unsigned_abs())?, 1)
-            } else {
-                (1, pow10(value.unsigned_abs())?)
-            }
-        }
-    };
-    num = num.checked_mul(multiplier)?;
-    den = den.checked_mul(divisor)?;
-    Some((if negative { -num } else { num }, den))
-}
-
-fn pow10(exponent: u32) -> Option<i128> {
-    if exponent > 30 {
-        return None;
-    }
-    10i128.checked_pow(exponent)
+    q.parse().ok().map(|p| p.value())
 }
 
 #[cfg(test)]
