@@ -100,7 +100,8 @@ fn runtime_missing_image_waits_with_err_image_never_pull() {
 }
 
 fn process_exists(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    // A process that already exited may take a moment to be reaped by init.
+    wait_for(Duration::from_secs(2), || (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())).is_none()
 }
 
 fn ppid_of(pid: i32) -> i32 {
@@ -116,9 +117,9 @@ fn runtime_agent_restart_readopts_without_duplicating() {
     let mut node = TestNode::new("adopt");
     let d = pod("adopt", vec![container("main", "bramble.test/hello:1", &["sleep", "1000"])], "Always");
     node.rt().sync_pod(&d).unwrap();
-    wait_status(node.rt(), d.uid(), T, |s| s.container_statuses[0].state.running.is_some());
-    let pid = node.rt().container_pid(d.uid(), "main").unwrap();
-    let shim = node.rt().shim_pid(d.uid(), "main").unwrap();
+    wait_status(node.rt(), d.uid(), T, |s| s.container_statuses.first().is_some_and(|c| c.state.running.is_some()));
+    let pid = wait_for(T, || node.rt().container_pid(d.uid(), "main")).unwrap();
+    let shim = wait_for(T, || node.rt().shim_pid(d.uid(), "main")).unwrap();
     // The shim is not our child: it survives its creator.
     assert_ne!(ppid_of(shim), std::process::id() as i32);
     // "Kill" the managing side: stop every worker and forget the runtime.
@@ -131,7 +132,7 @@ fn runtime_agent_restart_readopts_without_duplicating() {
     node.runtime = Some(node.open_runtime());
     let adopted = node.rt().adopt_existing().unwrap();
     assert_eq!(adopted, vec![d.uid().to_string()]);
-    let s = wait_status(node.rt(), d.uid(), T, |s| s.container_statuses[0].state.running.is_some());
+    let s = wait_status(node.rt(), d.uid(), T, |s| s.container_statuses.first().is_some_and(|c| c.state.running.is_some()));
     std::thread::sleep(Duration::from_millis(500));
     let s2 = node.rt().pod_status(d.uid()).unwrap();
     assert_eq!(s2.container_statuses[0].restart_count, 0, "{s:#?}");
@@ -162,9 +163,9 @@ fn runtime_delete_leaves_nothing_behind() {
         "Always",
     );
     node.rt().sync_pod(&d).unwrap();
-    wait_status(node.rt(), d.uid(), T, |s| s.container_statuses.iter().all(|c| c.state.running.is_some()));
-    let pids: Vec<i32> = ["a", "b"].iter().map(|c| node.rt().container_pid(d.uid(), c).unwrap()).collect();
-    let shims: Vec<i32> = ["a", "b"].iter().map(|c| node.rt().shim_pid(d.uid(), c).unwrap()).collect();
+    wait_status(node.rt(), d.uid(), T, |s| !s.container_statuses.is_empty() && s.container_statuses.iter().all(|c| c.state.running.is_some()));
+    let pids: Vec<i32> = ["a", "b"].iter().map(|c| wait_for(T, || node.rt().container_pid(d.uid(), c)).unwrap()).collect();
+    let shims: Vec<i32> = ["a", "b"].iter().map(|c| wait_for(T, || node.rt().shim_pid(d.uid(), c)).unwrap()).collect();
     assert!(!node.mounts().is_empty());
     let t0 = Instant::now();
     // sleep as pid 1 ignores SIGTERM: the grace period runs out, then SIGKILL.
@@ -198,7 +199,7 @@ fn runtime_create_delete_cycles_leave_nothing_behind() {
     for i in 0..cycles {
         let d = pod(&format!("c{i}"), vec![container("main", "bramble.test/hello:1", &["sleep", "1000"])], "Always");
         node.rt().sync_pod(&d).unwrap();
-        wait_status(node.rt(), d.uid(), T, |s| s.container_statuses[0].state.running.is_some());
+        wait_status(node.rt(), d.uid(), T, |s| s.container_statuses.first().is_some_and(|c| c.state.running.is_some()));
         node.rt().kill_pod(d.uid(), Some(Duration::ZERO)).unwrap();
         node.rt().remove_pod_logs(d.uid()).unwrap();
     }

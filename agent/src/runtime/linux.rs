@@ -546,7 +546,11 @@ impl Inner {
             Some(ShimState::Running) => {
                 let s = status.as_ref().map(|s| s.clone());
                 let pid = s.as_ref().and_then(|s| s.pid).unwrap_or(0);
-                if !pid_alive(pid) {
+                let shim_pid = s.as_ref().map(|s| s.shim_pid).unwrap_or(0);
+                let still_running = || {
+                    ShimStatus::read(&dir.join("status.json")).map(|s| s.state) == Some(ShimState::Running)
+                };
+                if !pid_alive(shim_pid) && still_running() {
                     // The shim died with the container: treat as exited.
                     let fake = ShimStatus {
                         state: ShimState::Exited,
@@ -1185,7 +1189,7 @@ impl Inner {
             let alive: Vec<i32> = names
                 .iter()
                 .filter_map(|n| ShimStatus::read(&containers_dir.join(n).join("status.json")))
-                .filter(|s| s.state == ShimState::Running && pid_alive(s.shim_pid))
+                .filter(|s| pid_alive(s.shim_pid))
                 .map(|s| s.shim_pid)
                 .collect();
             if alive.is_empty() || Instant::now() >= deadline {
