@@ -103,11 +103,7 @@ impl ImageBuilder {
         let platform = super::node_platform();
         ImageBuilder {
             name: name.to_string(),
-            architecture: platform
-                .split('/')
-                .nth(1)
-                .unwrap_or("amd64")
-                .to_string(),
+            architecture: platform.split('/').nth(1).unwrap_or("amd64").to_string(),
             config: ExecConfig::default(),
             layers: Vec::new(),
             compression: LayerCompression::Gzip,
@@ -170,7 +166,8 @@ impl ImageBuilder {
         let (blob, media_type) = match self.compression {
             LayerCompression::None => (tar, media_types::LAYER_TAR),
             LayerCompression::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 enc.write_all(&tar)?;
                 (enc.finish()?, media_types::LAYER_GZIP)
             }
@@ -218,7 +215,9 @@ impl ImageBuilder {
         let mut layer_descs = Vec::new();
         for l in &layers {
             let d = put(&l.blob)?;
-            layer_descs.push(serde_json::json!({"mediaType": l.media_type, "digest": d, "size": l.blob.len()}));
+            layer_descs.push(
+                serde_json::json!({"mediaType": l.media_type, "digest": d, "size": l.blob.len()}),
+            );
         }
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
@@ -238,7 +237,10 @@ impl ImageBuilder {
                 "annotations": {"io.containerd.image.name": self.name, "org.opencontainers.image.ref.name": self.name.rsplit(':').next().unwrap_or("latest")},
             }],
         });
-        fs::write(dir.join("index.json"), serde_json::to_vec(&index).map_err(io::Error::other)?)?;
+        fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec(&index).map_err(io::Error::other)?,
+        )?;
         fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         Ok(())
     }
@@ -272,7 +274,10 @@ impl ImageBuilder {
             "RepoTags": [self.name],
             "Layers": layer_names,
         }]);
-        add("manifest.json", &serde_json::to_vec(&manifest).map_err(io::Error::other)?)?;
+        add(
+            "manifest.json",
+            &serde_json::to_vec(&manifest).map_err(io::Error::other)?,
+        )?;
         b.into_inner()?.sync_all()
     }
 }

@@ -433,14 +433,18 @@ impl ImageStore {
         for desc in &index.manifests {
             let mut names = Vec::new();
             if let Some(ann) = &desc.annotations {
-                for key in ["io.containerd.image.name", "org.opencontainers.image.ref.name"] {
-                    if let Some(v) = ann.get(key) {
+                for key in [
+                    "io.containerd.image.name",
+                    "org.opencontainers.image.ref.name",
+                ] {
+                    if let Some(v) = ann.get(key).filter(|_| names.is_empty()) {
                         // `ref.name` may be a bare tag ("latest").
-                        let candidate = if key.starts_with("org.") && !v.contains('/') && !v.contains(':') {
-                            format!("localhost/{}:{v}", file_stem(origin))
-                        } else {
-                            v.clone()
-                        };
+                        let candidate =
+                            if key.starts_with("org.") && !v.contains('/') && !v.contains(':') {
+                                format!("localhost/{}:{v}", file_stem(origin))
+                            } else {
+                                v.clone()
+                            };
                         if let Some(n) = ImageRef::parse(&candidate).and_then(|r| r.tagged_name()) {
                             if !names.contains(&n) {
                                 names.push(n);
@@ -478,8 +482,8 @@ impl ImageStore {
         dir: &Path,
         desc: &Descriptor,
     ) -> Result<Result<Descriptor, ImageError>, ImageError> {
-        let is_index = desc.media_type == media_types::INDEX
-            || desc.media_type == media_types::DOCKER_LIST;
+        let is_index =
+            desc.media_type == media_types::INDEX || desc.media_type == media_types::DOCKER_LIST;
         if !is_index {
             return Ok(Ok(desc.clone()));
         }
@@ -692,11 +696,10 @@ impl ImageStore {
 
     fn put_blob_file(&self, src: &Path) -> Result<String, ImageError> {
         let mut f = fs::File::open(src).map_err(io_err(src))?;
-        let tmp = self.root.join("tmp").join(format!(
-            "blob-{}-{}",
-            std::process::id(),
-            uniq()
-        ));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("blob-{}-{}", std::process::id(), uniq()));
         let mut out = fs::File::create(&tmp).map_err(io_err(&tmp))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -796,7 +799,10 @@ impl ImageStore {
     fn leased(&self, id: &str) -> Result<bool, ImageError> {
         let d = self.root.join("leases");
         for e in fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
-            if fs::read_to_string(e.path()).map(|s| s == id).unwrap_or(false) {
+            if fs::read_to_string(e.path())
+                .map(|s| s == id)
+                .unwrap_or(false)
+            {
                 return Ok(true);
             }
         }
@@ -868,8 +874,7 @@ fn layout_blob(dir: &Path, digest: &str) -> PathBuf {
 fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, ImageError> {
     let p = Path::new(rel);
     if p.is_absolute()
-        || p
-            .components()
+        || p.components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
     {
         return Err(ImageError::UnsafePath {
@@ -904,10 +909,11 @@ fn extract_archive(archive: &Path, dest: &Path) -> Result<(), ImageError> {
     let f = io::BufReader::new(fs::File::open(archive).map_err(io_err(archive))?);
     let reader: Box<dyn Read> = match compression {
         unpack::Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
-        unpack::Compression::Zstd => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(f)
-                .map_err(|e| io_err(archive)(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?,
-        ),
+        unpack::Compression::Zstd => {
+            Box::new(ruzstd::decoding::StreamingDecoder::new(f).map_err(|e| {
+                io_err(archive)(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            })?)
+        }
         unpack::Compression::None => Box::new(f),
     };
     let mut a = tar::Archive::new(reader);
@@ -936,7 +942,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id(),
         uniq()
     ));

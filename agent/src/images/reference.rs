@@ -26,7 +26,9 @@ impl ImageRef {
         let (name_tag, digest) = match reference.split_once('@') {
             Some((n, d)) => {
                 let (algo, hex) = d.split_once(':')?;
-                if algo != "sha256" || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+                if algo != "sha256"
+                    || hex.len() != 64
+                    || !hex.bytes().all(|b| b.is_ascii_hexdigit())
                 {
                     return None;
                 }
@@ -98,11 +100,17 @@ mod tests {
     #[test]
     fn normalises_like_docker() {
         let r = ImageRef::parse("busybox").expect("parse");
-        assert_eq!(r.tagged_name().as_deref(), Some("docker.io/library/busybox:latest"));
+        assert_eq!(
+            r.tagged_name().as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
         let r = ImageRef::parse("me/app:1.0").expect("parse");
         assert_eq!(r.tagged_name().as_deref(), Some("docker.io/me/app:1.0"));
         let r = ImageRef::parse("localhost:5000/app").expect("parse");
-        assert_eq!(r.tagged_name().as_deref(), Some("localhost:5000/app:latest"));
+        assert_eq!(
+            r.tagged_name().as_deref(),
+            Some("localhost:5000/app:latest")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("ghcr.io/o/app@{d}")).expect("parse");
         assert_eq!(r.repository, "ghcr.io/o/app");

@@ -123,11 +123,8 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<UnpackReport, ImageError
                     let target = parent.join(&file_name);
                     remove_any(&target).map_err(ctx)?;
                     let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
-                    nix::unistd::mkfifo(
-                        &target,
-                        nix::sys::stat::Mode::from_bits_truncate(mode),
-                    )
-                    .map_err(|e| ctx(e.into()))?;
+                    nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(mode))
+                        .map_err(|e| ctx(e.into()))?;
                     continue;
                 }
                 _ => {}
@@ -137,7 +134,11 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<UnpackReport, ImageError
             // `unpack_in` refuses paths escaping `dest` through symlinks.
             if entry.header().entry_type() != tar::EntryType::Directory {
                 let target = dest.join(&rel);
-                if target.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+                if target
+                    .symlink_metadata()
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+                {
                     fs::remove_dir_all(&target).map_err(ctx)?;
                 }
             }
@@ -203,6 +204,9 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         for (path, data) in entries {
             let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             match data {
                 Some(d) => {
                     h.set_entry_type(tar::EntryType::Regular);
@@ -236,7 +240,10 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir(&out).expect("mkdir");
         let report = unpack_layer(&blob, &out).expect("unpack");
-        assert_eq!(report.diff_id, format!("sha256:{}", hex(&Sha256::digest(&data))));
+        assert_eq!(
+            report.diff_id,
+            format!("sha256:{}", hex(&Sha256::digest(&data)))
+        );
         use std::os::unix::fs::FileTypeExt;
         let wh = out.join("etc/gone").symlink_metadata().expect("whiteout");
         assert!(wh.file_type().is_char_device());

@@ -24,7 +24,14 @@ impl HostReport {
         Condition {
             type_: "Ready".into(),
             status: if self.ready() { "True" } else { "False" }.into(),
-            reason: Some(if self.ready() { "KubeletReady" } else { "HostCheckFailed" }.into()),
+            reason: Some(
+                if self.ready() {
+                    "KubeletReady"
+                } else {
+                    "HostCheckFailed"
+                }
+                .into(),
+            ),
             message: Some(if self.ready() {
                 "bramble-agent is ready".into()
             } else {
@@ -52,7 +59,10 @@ pub fn enabled_controllers() -> Vec<String> {
             }
         }
     }
-    for p in ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"] {
+    for p in [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.controllers",
+    ] {
         if let Ok(s) = fs::read_to_string(p) {
             out.extend(s.split_whitespace().map(str::to_string));
         }
@@ -73,11 +83,21 @@ pub fn check_host() -> HostReport {
         .filter(|n| !std::path::Path::new(&format!("/proc/self/ns/{n}")).exists())
         .map(|n| n.to_string())
         .collect();
-    check(nix::unistd::geteuid().is_root(), &controllers, overlay, namespaces)
+    check(
+        nix::unistd::geteuid().is_root(),
+        &controllers,
+        overlay,
+        namespaces,
+    )
 }
 
 /// The checks on given facts (pure, for tests).
-pub fn check(root: bool, controllers: &[String], overlay: bool, missing_ns: Vec<String>) -> HostReport {
+pub fn check(
+    root: bool,
+    controllers: &[String],
+    overlay: bool,
+    missing_ns: Vec<String>,
+) -> HostReport {
     let mut problems = Vec::new();
     if !root {
         problems.push("bramble-agent must run as root to create containers".to_string());
@@ -92,7 +112,10 @@ pub fn check(root: bool, controllers: &[String], overlay: bool, missing_ns: Vec<
         }
     }
     if !overlay {
-        problems.push("overlayfs is not available: run `modprobe overlay` and add `overlay` to /etc/modules".into());
+        problems.push(
+            "overlayfs is not available: run `modprobe overlay` and add `overlay` to /etc/modules"
+                .into(),
+        );
     }
     for n in missing_ns {
         problems.push(format!("the kernel lacks {n} namespaces"));
@@ -110,8 +133,17 @@ mod tests {
         assert!(!r.ready());
         let c = r.ready_condition();
         assert_eq!(c.status, "False");
-        assert!(c.message.unwrap_or_default().contains("cgroup_enable=memory cgroup_memory=1"));
-        assert!(check(true, &["cpu".into(), "memory".into(), "pids".into()], true, vec![]).ready());
+        assert!(c
+            .message
+            .unwrap_or_default()
+            .contains("cgroup_enable=memory cgroup_memory=1"));
+        assert!(check(
+            true,
+            &["cpu".into(), "memory".into(), "pids".into()],
+            true,
+            vec![]
+        )
+        .ready());
     }
 
     #[test]

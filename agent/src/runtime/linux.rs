@@ -116,8 +116,7 @@ impl std::fmt::Debug for LinuxRuntime {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && s != "."
         && s != ".."
@@ -140,7 +139,10 @@ impl LinuxRuntime {
             ));
         }
         let images = ImageStore::open(&cfg.state_dir)?;
-        for d in [cfg.run_dir.join(&cfg.node_name).join("pods"), cfg.run_dir.join("netns")] {
+        for d in [
+            cfg.run_dir.join(&cfg.node_name).join("pods"),
+            cfg.run_dir.join("netns"),
+        ] {
             fs::create_dir_all(&d).map_err(ioe(format!("create {}", d.display())))?;
         }
         Ok(LinuxRuntime {
@@ -168,18 +170,31 @@ impl LinuxRuntime {
 
     /// The cgroup path of a container (`/bramble/{node}/{pod-uid}/{name}`).
     pub fn cgroups_path(&self, pod_uid: &str, container: &str) -> String {
-        format!("/bramble/{}/{pod_uid}/{container}", self.inner.cfg.node_name)
+        format!(
+            "/bramble/{}/{pod_uid}/{container}",
+            self.inner.cfg.node_name
+        )
     }
 
     /// Host PID of a running container's init, if any.
     pub fn container_pid(&self, pod_uid: &str, container: &str) -> Option<i32> {
-        let st = ShimStatus::read(&self.inner.container_dir(pod_uid, container).join("status.json"))?;
+        let st = ShimStatus::read(
+            &self
+                .inner
+                .container_dir(pod_uid, container)
+                .join("status.json"),
+        )?;
         (st.state == ShimState::Running).then_some(st.pid).flatten()
     }
 
     /// PID of a running container's shim, if any.
     pub fn shim_pid(&self, pod_uid: &str, container: &str) -> Option<i32> {
-        let st = ShimStatus::read(&self.inner.container_dir(pod_uid, container).join("status.json"))?;
+        let st = ShimStatus::read(
+            &self
+                .inner
+                .container_dir(pod_uid, container)
+                .join("status.json"),
+        )?;
         (st.state == ShimState::Running).then_some(st.shim_pid)
     }
 
@@ -192,10 +207,11 @@ impl LinuxRuntime {
         let pod_dir = self.inner.pod_dir(&uid);
         fs::create_dir_all(pod_dir.join("containers"))
             .map_err(ioe(format!("create {}", pod_dir.display())))?;
-        let record: PodRecord = read_json(&pod_dir.join("record.json")).unwrap_or_else(|| PodRecord {
-            start_time: now_rfc3339(),
-            containers: BTreeMap::new(),
-        });
+        let record: PodRecord =
+            read_json(&pod_dir.join("record.json")).unwrap_or_else(|| PodRecord {
+                start_time: now_rfc3339(),
+                containers: BTreeMap::new(),
+            });
         let h = Arc::new(PodHandle {
             uid: uid.clone(),
             desired: Mutex::new(desired.clone()),
@@ -326,7 +342,12 @@ impl Runtime for LinuxRuntime {
                 let d = lock(&h.desired);
                 PodSummary {
                     uid: h.uid.clone(),
-                    namespace: d.pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                    namespace: d
+                        .pod
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
                     name: d.pod.metadata.name.clone().unwrap_or_default(),
                 }
             })
@@ -334,7 +355,12 @@ impl Runtime for LinuxRuntime {
     }
 
     fn adopt_existing(&self) -> Result<Vec<String>, RuntimeError> {
-        let dir = self.inner.cfg.run_dir.join(&self.inner.cfg.node_name).join("pods");
+        let dir = self
+            .inner
+            .cfg
+            .run_dir
+            .join(&self.inner.cfg.node_name)
+            .join("pods");
         let mut adopted = Vec::new();
         let rd = fs::read_dir(&dir).map_err(ioe(format!("read {}", dir.display())))?;
         for e in rd.flatten() {
@@ -361,7 +387,10 @@ impl Runtime for LinuxRuntime {
         let logs = self.inner.cfg.state_dir.join("logs");
         if let Ok(rd) = fs::read_dir(&logs) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(&format!("_{pod_uid}")) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .ends_with(&format!("_{pod_uid}"))
+                {
                     fs::remove_dir_all(e.path()).map_err(ioe("remove logs"))?;
                 }
             }
@@ -535,7 +564,12 @@ impl Inner {
         let uid = d.uid().to_string();
         let now = Instant::now();
         let dir = self.container_dir(&uid, &c.name);
-        let rec = st.record.containers.entry(c.name.clone()).or_default().clone();
+        let rec = st
+            .record
+            .containers
+            .entry(c.name.clone())
+            .or_default()
+            .clone();
         let status = if rec.attempt > 0 {
             ShimStatus::read(&dir.join("status.json"))
         } else {
@@ -544,11 +578,12 @@ impl Inner {
         let rs = st.containers.entry(c.name.clone()).or_default();
         match status.as_ref().map(|s| s.state) {
             Some(ShimState::Running) => {
-                let s = status.as_ref().map(|s| s.clone());
+                let s = status.clone();
                 let pid = s.as_ref().and_then(|s| s.pid).unwrap_or(0);
                 let shim_pid = s.as_ref().map(|s| s.shim_pid).unwrap_or(0);
                 let still_running = || {
-                    ShimStatus::read(&dir.join("status.json")).map(|s| s.state) == Some(ShimState::Running)
+                    ShimStatus::read(&dir.join("status.json")).map(|s| s.state)
+                        == Some(ShimState::Running)
                 };
                 if !pid_alive(shim_pid) && still_running() {
                     // The shim died with the container: treat as exited.
@@ -585,12 +620,17 @@ impl Inner {
                 }
                 false
             }
-            Some(ShimState::Exited) | Some(ShimState::Failed) if rec.handled_attempt < rec.attempt => {
+            Some(ShimState::Exited) | Some(ShimState::Failed)
+                if rec.handled_attempt < rec.attempt =>
+            {
                 let s = status.unwrap_or_else(unreachable_status);
                 let failed_to_start = s.state == ShimState::Failed;
                 let term = terminated_from(&s);
                 let exit_code = term.exit_code;
-                let ran_for = rs.started.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+                let ran_for = rs
+                    .started
+                    .map(|t| now.saturating_duration_since(t))
+                    .unwrap_or_default();
                 rs.started = None;
                 let recm = st.record.containers.entry(c.name.clone()).or_default();
                 recm.handled_attempt = recm.attempt;
@@ -643,7 +683,14 @@ impl Inner {
         }
     }
 
-    fn run_probes(&self, d: &PodDesired, c: &Container, rs: &mut ContainerRuntimeState, pid: i32, now: Instant) {
+    fn run_probes(
+        &self,
+        d: &PodDesired,
+        c: &Container,
+        rs: &mut ContainerRuntimeState,
+        pid: i32,
+        now: Instant,
+    ) {
         let Some(started) = rs.started else { return };
         let target = ProbeTarget {
             pid,
@@ -682,7 +729,10 @@ impl Inner {
         }
         if let Some(why) = kill {
             tracing::info!(container = %c.name, why, "killing container");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             rs.liveness = None;
         }
     }
@@ -713,14 +763,21 @@ impl Inner {
             (Some(dns), "ClusterFirst", false) | (Some(dns), "ClusterFirstWithHostNet", _) => {
                 let ns = d.pod.metadata.namespace.as_deref().unwrap_or("default");
                 let dom = &self.cfg.cluster_domain;
-                format!("search {ns}.svc.{dom} svc.{dom} {dom}\nnameserver {dns}\noptions ndots:5\n")
+                format!(
+                    "search {ns}.svc.{dom} svc.{dom} {dom}\nnameserver {dns}\noptions ndots:5\n"
+                )
             }
             _ => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
-        write_atomic(&etc.join("resolv.conf"), resolv.as_bytes()).map_err(ioe("write resolv.conf"))?;
+        write_atomic(&etc.join("resolv.conf"), resolv.as_bytes())
+            .map_err(ioe("write resolv.conf"))?;
         // emptyDirs.
         for v in &d.pod.spec.volumes {
-            if v.empty_dir.as_ref().map(|e| e.medium.as_deref() != Some("Memory")).unwrap_or(false) {
+            if v.empty_dir
+                .as_ref()
+                .map(|e| e.medium.as_deref() != Some("Memory"))
+                .unwrap_or(false)
+            {
                 let p = self.pod_state_dir(uid).join("volumes").join(&v.name);
                 fs::create_dir_all(&p).map_err(ioe("create emptyDir"))?;
             }
@@ -732,7 +789,7 @@ impl Inner {
     /// `..data` symlink swap), rewriting them when the objects change.
     fn update_projected_volumes(&self, d: &PodDesired, st: &mut PodState) {
         for v in &d.pod.spec.volumes {
-            let files: Option<(BTreeMap<String, Vec<u8>>, Option<i32>)> = if let Some(cm) = &v.config_map {
+            let files: Option<ProjectedFiles> = if let Some(cm) = &v.config_map {
                 d.config_maps.get(&cm.name).map(|obj| {
                     let mut all: BTreeMap<String, Vec<u8>> = obj
                         .data
@@ -798,7 +855,12 @@ impl Inner {
         }
     }
 
-    fn try_start(&self, d: &PodDesired, st: &mut PodState, c: &Container) -> Result<(), StartError> {
+    fn try_start(
+        &self,
+        d: &PodDesired,
+        st: &mut PodState,
+        c: &Container,
+    ) -> Result<(), StartError> {
         let uid = d.uid().to_string();
         let image = self.images.resolve(&c.image).map_err(|e| match e {
             ImageError::NotFound(_) => StartError::Waiting(
@@ -814,19 +876,25 @@ impl Inner {
         if !image.platform.starts_with(&node_platform) {
             return Err(StartError::Waiting(
                 "ImageInspectError".into(),
-                format!("image {} is for {}, but this node is {node_platform}", c.image, image.platform),
+                format!(
+                    "image {} is for {}, but this node is {node_platform}",
+                    c.image, image.platform
+                ),
             ));
         }
-        let env = resolve_env(d, c).map_err(|m| StartError::Waiting("CreateContainerConfigError".into(), m))?;
+        let env = resolve_env(d, c)
+            .map_err(|m| StartError::Waiting("CreateContainerConfigError".into(), m))?;
         let dir = self.container_dir(&uid, &c.name);
-        let _ = fs::remove_dir_all(&dir.join("rootfs"));
-        fs::create_dir_all(&dir).map_err(|e| StartError::Waiting("CreateContainerError".into(), e.to_string()))?;
+        let _ = fs::remove_dir_all(dir.join("rootfs"));
+        fs::create_dir_all(&dir)
+            .map_err(|e| StartError::Waiting("CreateContainerError".into(), e.to_string()))?;
         let _ = fs::remove_file(dir.join("status.json"));
         self.images
             .add_lease(&format!("{uid}_{}", c.name), &image.id)
             .map_err(|e| StartError::Waiting("CreateContainerError".into(), e.to_string()))?;
-        self.mount_rootfs(&uid, &c.name, &image)
-            .map_err(|e| StartError::Waiting("CreateContainerError".into(), format!("mount rootfs: {e}")))?;
+        self.mount_rootfs(&uid, &c.name, &image).map_err(|e| {
+            StartError::Waiting("CreateContainerError".into(), format!("mount rootfs: {e}"))
+        })?;
         let rootfs = dir.join("rootfs");
         let mounts = self
             .container_mounts(d, c)
@@ -845,10 +913,14 @@ impl Inner {
             passwd: fs::read_to_string(rootfs.join("etc/passwd")).ok(),
             group: fs::read_to_string(rootfs.join("etc/group")).ok(),
         };
-        let spec = build_spec(&inputs).map_err(|e| StartError::Waiting("CreateContainerConfigError".into(), e.to_string()))?;
+        let spec = build_spec(&inputs)
+            .map_err(|e| StartError::Waiting("CreateContainerConfigError".into(), e.to_string()))?;
         let write = |name: &str, v: &serde_json::Value| {
-            write_atomic(&dir.join(name), &serde_json::to_vec_pretty(v).unwrap_or_default())
-                .map_err(|e| StartError::Waiting("CreateContainerError".into(), e.to_string()))
+            write_atomic(
+                &dir.join(name),
+                &serde_json::to_vec_pretty(v).unwrap_or_default(),
+            )
+            .map_err(|e| StartError::Waiting("CreateContainerError".into(), e.to_string()))
         };
         write("config.json", &spec)?;
         let shim_cfg = ShimConfig {
@@ -862,7 +934,10 @@ impl Inner {
             cgroups_path: self.cgroups_path(&uid, &c.name),
             shim_log: dir.join("shim.log"),
         };
-        write("shim.json", &serde_json::to_value(&shim_cfg).unwrap_or_default())?;
+        write(
+            "shim.json",
+            &serde_json::to_value(&shim_cfg).unwrap_or_default(),
+        )?;
         // A leftover libcontainer state (shim killed hard) blocks the ID.
         cleanup_libcontainer(&self.youki_root(), &shim_cfg.id);
         let rec = st.record.containers.entry(c.name.clone()).or_default();
@@ -936,7 +1011,13 @@ impl Inner {
             upper.display(),
             work.display()
         );
-        mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))?;
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )?;
         Ok(())
     }
 
@@ -947,12 +1028,22 @@ impl Inner {
         let _ = fs::remove_dir_all(self.pod_state_dir(uid).join("containers").join(name));
     }
 
-    fn container_mounts(&self, d: &PodDesired, c: &Container) -> Result<Vec<(String, MountSource)>, String> {
+    fn container_mounts(
+        &self,
+        d: &PodDesired,
+        c: &Container,
+    ) -> Result<Vec<(String, MountSource)>, String> {
         let uid = d.uid();
         let etc = self.pod_dir(uid).join("etc");
         let mut out = Vec::new();
         for f in ["hosts", "hostname", "resolv.conf"] {
-            out.push((format!("/etc/{f}"), MountSource::Bind { source: etc.join(f), read_only: false }));
+            out.push((
+                format!("/etc/{f}"),
+                MountSource::Bind {
+                    source: etc.join(f),
+                    read_only: false,
+                },
+            ));
         }
         for m in &c.volume_mounts {
             let v = d
@@ -998,8 +1089,13 @@ impl Inner {
                 return Err(format!("volume {} has no supported source", v.name));
             };
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                if Path::new(sub).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-                    return Err(format!("subPath {sub:?} must be a relative path without .."));
+                if Path::new(sub)
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(format!(
+                        "subPath {sub:?} must be a relative path without .."
+                    ));
                 }
                 let p = src.0.join(sub);
                 if !p.exists() {
@@ -1007,7 +1103,13 @@ impl Inner {
                 }
                 src.0 = p;
             }
-            out.push((m.mount_path.clone(), MountSource::Bind { source: src.0, read_only: src.1 }));
+            out.push((
+                m.mount_path.clone(),
+                MountSource::Bind {
+                    source: src.0,
+                    read_only: src.1,
+                },
+            ));
         }
         Ok(out)
     }
@@ -1016,7 +1118,12 @@ impl Inner {
         let uid = d.uid();
         let policy = RestartPolicy::parse(d.pod.spec.restart_policy.as_deref());
         let status_of = |c: &Container, init: bool| -> ContainerStatus {
-            let rec = st.record.containers.get(&c.name).cloned().unwrap_or_default();
+            let rec = st
+                .record
+                .containers
+                .get(&c.name)
+                .cloned()
+                .unwrap_or_default();
             let rs = st.containers.get(&c.name);
             let shim = (rec.attempt > 0)
                 .then(|| ShimStatus::read(&self.container_dir(uid, &c.name).join("status.json")))
@@ -1024,19 +1131,32 @@ impl Inner {
             let mut state = ContainerState::default();
             let mut ready = false;
             let mut started = Some(false);
-            match (shim.as_ref().map(|s| s.state), rs.and_then(|r| r.waiting.clone())) {
+            match (
+                shim.as_ref().map(|s| s.state),
+                rs.and_then(|r| r.waiting.clone()),
+            ) {
                 (Some(ShimState::Running), _) => {
                     state.running = Some(ContainerStateRunning {
                         started_at: shim.as_ref().and_then(|s| s.started_at.clone()),
                     });
                     let startup_ok = rs
-                        .map(|r| r.startup.as_ref().map(|t| t.verdict == Some(true)).unwrap_or(true))
+                        .map(|r| {
+                            r.startup
+                                .as_ref()
+                                .map(|t| t.verdict == Some(true))
+                                .unwrap_or(true)
+                        })
                         .unwrap_or(true);
                     started = Some(startup_ok);
                     ready = !init
                         && startup_ok
                         && rs
-                            .map(|r| r.readiness.as_ref().map(|t| t.verdict == Some(true)).unwrap_or(true))
+                            .map(|r| {
+                                r.readiness
+                                    .as_ref()
+                                    .map(|t| t.verdict == Some(true))
+                                    .unwrap_or(true)
+                            })
                             .unwrap_or(false);
                 }
                 (_, Some((reason, message))) => {
@@ -1050,8 +1170,8 @@ impl Inner {
                         Some(sh) if rec.handled_attempt < rec.attempt => terminated_from(sh),
                         _ => rec.last_state.clone().unwrap_or_default(),
                     };
-                    let restarting = policy.should_restart(last.exit_code)
-                        && !(init && last.exit_code == 0);
+                    let restarting =
+                        policy.should_restart(last.exit_code) && !(init && last.exit_code == 0);
                     if restarting && !init {
                         state.waiting = Some(ContainerStateWaiting {
                             reason: Some("CrashLoopBackOff".into()),
@@ -1063,7 +1183,14 @@ impl Inner {
                 }
                 (None, None) => {
                     state.waiting = Some(ContainerStateWaiting {
-                        reason: Some(if init { "PodInitializing" } else { "ContainerCreating" }.into()),
+                        reason: Some(
+                            if init {
+                                "PodInitializing"
+                            } else {
+                                "ContainerCreating"
+                            }
+                            .into(),
+                        ),
                         message: None,
                     });
                 }
@@ -1084,13 +1211,25 @@ impl Inner {
                 restart_count: rec.restart_count,
                 image: c.image.clone(),
                 image_id: rec.image_id.clone(),
-                container_id: (rec.attempt > 0).then(|| format!("bramble://{}", self.container_id(uid, &c.name))),
+                container_id: (rec.attempt > 0)
+                    .then(|| format!("bramble://{}", self.container_id(uid, &c.name))),
                 started,
             }
         };
-        let init_statuses: Vec<ContainerStatus> =
-            d.pod.spec.init_containers.iter().map(|c| status_of(c, true)).collect();
-        let statuses: Vec<ContainerStatus> = d.pod.spec.containers.iter().map(|c| status_of(c, false)).collect();
+        let init_statuses: Vec<ContainerStatus> = d
+            .pod
+            .spec
+            .init_containers
+            .iter()
+            .map(|c| status_of(c, true))
+            .collect();
+        let statuses: Vec<ContainerStatus> = d
+            .pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| status_of(c, false))
+            .collect();
         let initialized = init_statuses.iter().all(|s| {
             s.state
                 .terminated
@@ -1100,26 +1239,42 @@ impl Inner {
                 || s.last_state
                     .as_ref()
                     .and_then(|l| l.terminated.as_ref())
-                    .map(|t| t.exit_code == 0 && s.state.running.is_none() && s.state.waiting.is_none())
+                    .map(|t| {
+                        t.exit_code == 0 && s.state.running.is_none() && s.state.waiting.is_none()
+                    })
                     .unwrap_or(false)
         });
         let init_failed = policy == RestartPolicy::Never
-            && init_statuses.iter().any(|s| s.state.terminated.as_ref().map(|t| t.exit_code != 0).unwrap_or(false));
+            && init_statuses.iter().any(|s| {
+                s.state
+                    .terminated
+                    .as_ref()
+                    .map(|t| t.exit_code != 0)
+                    .unwrap_or(false)
+            });
         let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
         let any_running = statuses.iter().any(|s| s.state.running.is_some());
-        let all_terminated = !statuses.is_empty() && statuses.iter().all(|s| s.state.terminated.is_some());
+        let all_terminated =
+            !statuses.is_empty() && statuses.iter().all(|s| s.state.terminated.is_some());
         let phase = if init_failed {
             "Failed"
         } else if all_terminated {
-            if statuses
-                .iter()
-                .all(|s| s.state.terminated.as_ref().map(|t| t.exit_code == 0).unwrap_or(false))
-            {
+            if statuses.iter().all(|s| {
+                s.state
+                    .terminated
+                    .as_ref()
+                    .map(|t| t.exit_code == 0)
+                    .unwrap_or(false)
+            }) {
                 "Succeeded"
             } else {
                 "Failed"
             }
-        } else if any_running || statuses.iter().any(|s| s.restart_count > 0 || s.last_state.is_some()) {
+        } else if any_running
+            || statuses
+                .iter()
+                .any(|s| s.restart_count > 0 || s.last_state.is_some())
+        {
             "Running"
         } else {
             "Pending"
@@ -1156,10 +1311,19 @@ impl Inner {
     }
 
     /// SIGTERM, grace, SIGKILL, then remove everything but the logs.
-    fn terminate_pod(&self, uid: &str, d: Option<&PodDesired>, grace: Duration) -> Result<(), RuntimeError> {
+    fn terminate_pod(
+        &self,
+        uid: &str,
+        d: Option<&PodDesired>,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
         let containers_dir = self.pod_dir(uid).join("containers");
         let names: Vec<String> = fs::read_dir(&containers_dir)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         let running = |names: &[String]| -> Vec<(String, i32, i32)> {
             names
@@ -1221,6 +1385,9 @@ impl Inner {
         Ok(())
     }
 }
+
+/// Files of a configMap/secret volume and their mode.
+type ProjectedFiles = (BTreeMap<String, Vec<u8>>, Option<i32>);
 
 enum StartError {
     /// Not started; the container waits with this reason and message.
@@ -1289,7 +1456,10 @@ fn pid_alive(pid: i32) -> bool {
     }
 }
 
-fn select_items(all: BTreeMap<String, Vec<u8>>, items: &[bramble_common::api::KeyToPath]) -> BTreeMap<String, Vec<u8>> {
+fn select_items(
+    all: BTreeMap<String, Vec<u8>>,
+    items: &[bramble_common::api::KeyToPath],
+) -> BTreeMap<String, Vec<u8>> {
     if items.is_empty() {
         return all;
     }
@@ -1305,11 +1475,18 @@ fn select_items(all: BTreeMap<String, Vec<u8>>, items: &[bramble_common::api::Ke
 fn project_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::{symlink, PermissionsExt};
     fs::create_dir_all(dir)?;
-    let stamp = format!("..{}_{}", jiff::Timestamp::now().as_nanosecond(), std::process::id());
+    let stamp = format!(
+        "..{}_{}",
+        jiff::Timestamp::now().as_nanosecond(),
+        std::process::id()
+    );
     let data_dir = dir.join(&stamp);
     fs::create_dir_all(&data_dir)?;
     for (k, v) in files {
-        if Path::new(k).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        if Path::new(k)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
             continue;
         }
         let p = data_dir.join(k);
@@ -1334,7 +1511,11 @@ fn project_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> io
     // Remove keys that disappeared and the previous data dir.
     for e in fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("..") && !files.keys().any(|k| k.split('/').next() == Some(name.as_str())) {
+        if !name.starts_with("..")
+            && !files
+                .keys()
+                .any(|k| k.split('/').next() == Some(name.as_str()))
+        {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -1360,38 +1541,63 @@ fn resolve_env(d: &PodDesired, c: &Container) -> Result<Vec<(String, String)>, S
             continue;
         };
         if let Some(k) = &from.config_map_key_ref {
-            match d.config_maps.get(&k.name).and_then(|cm| cm.data.get(&k.key)) {
+            match d
+                .config_maps
+                .get(&k.name)
+                .and_then(|cm| cm.data.get(&k.key))
+            {
                 Some(v) => out.push((e.name.clone(), v.clone())),
                 None if k.optional.unwrap_or(false) => {}
-                None => return Err(format!("configmap {} key {} not found (env {})", k.name, k.key, e.name)),
+                None => {
+                    return Err(format!(
+                        "configmap {} key {} not found (env {})",
+                        k.name, k.key, e.name
+                    ))
+                }
             }
         } else if let Some(k) = &from.secret_key_ref {
             let v = d.secrets.get(&k.name).and_then(|s| {
-                s.string_data.get(&k.key).map(|v| v.as_bytes().to_vec()).or_else(|| {
-                    s.data
-                        .get(&k.key)
-                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                })
+                s.string_data
+                    .get(&k.key)
+                    .map(|v| v.as_bytes().to_vec())
+                    .or_else(|| {
+                        s.data
+                            .get(&k.key)
+                            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    })
             });
             match v {
                 Some(v) => out.push((e.name.clone(), String::from_utf8_lossy(&v).into_owned())),
                 None if k.optional.unwrap_or(false) => {}
-                None => return Err(format!("secret {} key {} not found (env {})", k.name, k.key, e.name)),
+                None => {
+                    return Err(format!(
+                        "secret {} key {} not found (env {})",
+                        k.name, k.key, e.name
+                    ))
+                }
             }
         } else if let Some(f) = &from.field_ref {
             let m = &d.pod.metadata;
             let v = match f.field_path.as_str() {
                 "metadata.name" => m.name.clone(),
-                "metadata.namespace" => Some(m.namespace.clone().unwrap_or_else(|| "default".into())),
+                "metadata.namespace" => {
+                    Some(m.namespace.clone().unwrap_or_else(|| "default".into()))
+                }
                 "metadata.uid" => m.uid.clone(),
                 "spec.nodeName" => d.pod.spec.node_name.clone(),
                 "spec.serviceAccountName" => Some("default".into()),
                 "status.podIP" => d.pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
                 "status.hostIP" => d.pod.status.as_ref().and_then(|s| s.host_ip.clone()),
                 p => {
-                    if let Some(l) = p.strip_prefix("metadata.labels['").and_then(|s| s.strip_suffix("']")) {
+                    if let Some(l) = p
+                        .strip_prefix("metadata.labels['")
+                        .and_then(|s| s.strip_suffix("']"))
+                    {
                         m.labels.get(l).cloned()
-                    } else if let Some(a) = p.strip_prefix("metadata.annotations['").and_then(|s| s.strip_suffix("']")) {
+                    } else if let Some(a) = p
+                        .strip_prefix("metadata.annotations['")
+                        .and_then(|s| s.strip_suffix("']"))
+                    {
                         m.annotations.get(a).cloned()
                     } else {
                         return Err(format!("unsupported fieldRef {p} (env {})", e.name));
@@ -1422,7 +1628,10 @@ pub(crate) fn unmount_all_under(path: &Path) {
 }
 
 fn unescape_mount(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Removes `rel` (e.g. `bramble/node/uid`) and its children in every cgroup
@@ -1431,7 +1640,11 @@ pub(crate) fn remove_cgroup_tree(rel: &str) {
     let Ok(rd) = fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
-    let mut roots: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut roots: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
     for root in roots {
         let p = root.join(rel);

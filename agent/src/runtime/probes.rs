@@ -61,7 +61,9 @@ impl ProbeTracker {
         if now < started + self.initial_delay {
             return false;
         }
-        self.last_run.map(|t| now >= t + self.period).unwrap_or(true)
+        self.last_run
+            .map(|t| now >= t + self.period)
+            .unwrap_or(true)
     }
 
     /// Records a run at `now`; returns the verdict after it.
@@ -112,12 +114,21 @@ fn resolve_port(port: &IntOrString, c: &Container) -> Result<u16, String> {
 }
 
 /// Runs one probe once.
-pub fn run_probe(probe: &Probe, c: &Container, target: &ProbeTarget, timeout: Duration) -> ProbeOutcome {
+pub fn run_probe(
+    probe: &Probe,
+    c: &Container,
+    target: &ProbeTarget,
+    timeout: Duration,
+) -> ProbeOutcome {
     if let Some(exec) = &probe.exec {
         return run_exec(&target.shim_binary, target.pid, &exec.command, timeout);
     }
     let (host, port, http) = if let Some(h) = &probe.http_get {
-        (h.host.clone(), resolve_port(&h.port, c), Some(h.path.clone().unwrap_or_else(|| "/".into())))
+        (
+            h.host.clone(),
+            resolve_port(&h.port, c),
+            Some(h.path.clone().unwrap_or_else(|| "/".into())),
+        )
     } else if let Some(t) = &probe.tcp_socket {
         (t.host.clone(), resolve_port(&t.port, c), None)
     } else {
@@ -214,7 +225,9 @@ pub fn run_exec(shim: &Path, pid: i32, cmd: &[String], timeout: Duration) -> Pro
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 let _ = child.wait();
-                return ProbeOutcome::Failure(format!("command {cmd:?} timed out after {timeout:?}"));
+                return ProbeOutcome::Failure(format!(
+                    "command {cmd:?} timed out after {timeout:?}"
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return ProbeOutcome::Failure(format!("wait exec: {e}")),
@@ -242,8 +255,23 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         assert_eq!(t.record(t1, ProbeOutcome::Success), None);
         assert!(!t.due(t0, t1 + Duration::from_secs(1)));
-        assert_eq!(t.record(t1 + Duration::from_secs(2), ProbeOutcome::Success), Some(true));
-        assert_eq!(t.record(t1 + Duration::from_secs(4), ProbeOutcome::Failure("x".into())), Some(true));
-        assert_eq!(t.record(t1 + Duration::from_secs(6), ProbeOutcome::Failure("x".into())), Some(false));
+        assert_eq!(
+            t.record(t1 + Duration::from_secs(2), ProbeOutcome::Success),
+            Some(true)
+        );
+        assert_eq!(
+            t.record(
+                t1 + Duration::from_secs(4),
+                ProbeOutcome::Failure("x".into())
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            t.record(
+                t1 + Duration::from_secs(6),
+                ProbeOutcome::Failure("x".into())
+            ),
+            Some(false)
+        );
     }
 }

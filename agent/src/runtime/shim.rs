@@ -225,7 +225,12 @@ fn supervise(config: &ShimConfig, report: OwnedFd) -> i32 {
     let mut log = match LogWriter::open(&config.log_path, config.log_max_size, config.log_max_files)
     {
         Ok(l) => l,
-        Err(e) => return fail(&mut report, format!("open log {}: {e}", config.log_path.display())),
+        Err(e) => {
+            return fail(
+                &mut report,
+                format!("open log {}: {e}", config.log_path.display()),
+            )
+        }
     };
     let pipes = (|| -> nix::Result<_> {
         let out = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -332,9 +337,19 @@ fn cleanup_container(config: &ShimConfig) {
 
 fn drain_and_wait(pid: Pid, out: OwnedFd, err: OwnedFd, log: &mut LogWriter) -> WaitStatus {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut streams = vec![
-        (fs::File::from(out), Stream::Stdout, LineSplitter::default(), true),
-        (fs::File::from(err), Stream::Stderr, LineSplitter::default(), true),
+    let mut streams = [
+        (
+            fs::File::from(out),
+            Stream::Stdout,
+            LineSplitter::default(),
+            true,
+        ),
+        (
+            fs::File::from(err),
+            Stream::Stderr,
+            LineSplitter::default(),
+            true,
+        ),
     ];
     let mut exited: Option<WaitStatus> = None;
     let mut grace_polls = 0;
@@ -374,11 +389,7 @@ fn drain_and_wait(pid: Pid, out: OwnedFd, err: OwnedFd, log: &mut LogWriter) -> 
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
             }
             fds.iter()
-                .map(|f| {
-                    f.revents()
-                        .map(|r| !r.is_empty())
-                        .unwrap_or(false)
-                })
+                .map(|f| f.revents().map(|r| !r.is_empty()).unwrap_or(false))
                 .collect()
         };
         for (k, i) in open.iter().enumerate() {
@@ -521,7 +532,9 @@ fn exec_in_inner(pid: i32, cmd: &[String]) -> io::Result<i32> {
             let path = env
                 .iter()
                 .find_map(|e| e.to_str().ok()?.strip_prefix("PATH=").map(str::to_string))
-                .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+                .unwrap_or_else(|| {
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+                });
             if !prog.as_bytes().contains(&b'/') {
                 for dir in path.split(':') {
                     if let Ok(full) = CString::new(format!("{dir}/{}", prog.to_string_lossy())) {

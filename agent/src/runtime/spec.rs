@@ -315,13 +315,18 @@ pub fn merge_command(c: &Container, image: &ExecConfig) -> Vec<String> {
 }
 
 /// The merged environment as `(name, value)` pairs in order, `$(VAR)` expanded.
-pub fn merge_env(image: &ExecConfig, pod_env: &[(String, String)], hostname: &str) -> Vec<(String, String)> {
+pub fn merge_env(
+    image: &ExecConfig,
+    pod_env: &[(String, String)],
+    hostname: &str,
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
-        match out.iter_mut().find(|(n, _)| *n == k) {
-            Some(e) => e.1 = v,
-            None => out.push((k, v)),
-        }
+    let set = |out: &mut Vec<(String, String)>, k: String, v: String| match out
+        .iter_mut()
+        .find(|(n, _)| *n == k)
+    {
+        Some(e) => e.1 = v,
+        None => out.push((k, v)),
     };
     set(
         &mut out,
@@ -408,7 +413,11 @@ fn capabilities(name: &str, sc: Option<&SecurityContext>) -> Result<Vec<String>,
     let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
     let norm = |c: &str| -> Result<String, SpecError> {
         let up = c.to_ascii_uppercase();
-        let full = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+        let full = if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        };
         if full == "CAP_ALL" || ALL_CAPABILITIES.contains(&full.as_str()) {
             Ok(full)
         } else {
@@ -553,12 +562,24 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Value, SpecError> {
     });
     if !privileged {
         linux["maskedPaths"] = json!([
-            "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-            "/sys/firmware", "/sys/devices/virtual/powercap"
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap"
         ]);
         linux["readonlyPaths"] = json!([
-            "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger"
         ]);
         if inputs.seccomp {
             linux["seccomp"] = json!({
@@ -632,7 +653,10 @@ mod tests {
         };
         let env = merge_env(
             &image,
-            &[("A".into(), "2".into()), ("B".into(), "$(A)-$$(A)-$(NOPE)".into())],
+            &[
+                ("A".into(), "2".into()),
+                ("B".into(), "$(A)-$$(A)-$(NOPE)".into()),
+            ],
             "h",
         );
         let m: BTreeMap<_, _> = env.into_iter().collect();

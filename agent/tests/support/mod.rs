@@ -65,20 +65,41 @@ const APPLETS: &[&str] = &[
 pub fn busybox_layer() -> Vec<LayerEntry> {
     let mut l = vec![];
     for d in ["bin", "etc", "proc", "sys", "dev", "root", "www", "var"] {
-        l.push(LayerEntry::Dir { path: d.into(), mode: 0o755 });
+        l.push(LayerEntry::Dir {
+            path: d.into(),
+            mode: 0o755,
+        });
     }
-    l.push(LayerEntry::Dir { path: "tmp".into(), mode: 0o1777 });
-    l.push(LayerEntry::HostFile { path: "bin/busybox".into(), source: BUSYBOX.into(), mode: 0o755 });
+    l.push(LayerEntry::Dir {
+        path: "tmp".into(),
+        mode: 0o1777,
+    });
+    l.push(LayerEntry::HostFile {
+        path: "bin/busybox".into(),
+        source: BUSYBOX.into(),
+        mode: 0o755,
+    });
     for a in APPLETS {
-        l.push(LayerEntry::Symlink { path: format!("bin/{a}"), target: "busybox".into() });
+        l.push(LayerEntry::Symlink {
+            path: format!("bin/{a}"),
+            target: "busybox".into(),
+        });
     }
     l.push(LayerEntry::File {
         path: "etc/passwd".into(),
         data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n".to_vec(),
         mode: 0o644,
     });
-    l.push(LayerEntry::File { path: "etc/group".into(), data: b"root:x:0:\nnogroup:x:65534:\n".to_vec(), mode: 0o644 });
-    l.push(LayerEntry::File { path: "www/index.html".into(), data: b"hello from bramble httpd\n".to_vec(), mode: 0o644 });
+    l.push(LayerEntry::File {
+        path: "etc/group".into(),
+        data: b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
+        mode: 0o644,
+    });
+    l.push(LayerEntry::File {
+        path: "www/index.html".into(),
+        data: b"hello from bramble httpd\n".to_vec(),
+        mode: 0o644,
+    });
     l
 }
 
@@ -102,10 +123,17 @@ pub fn import_test_images(store: &ImageStore, scratch: &Path) {
     ensure_busybox();
     let images = [
         busybox_image("bramble.test/hello:1", &["echo", "hello from bramble"]),
-        busybox_image("bramble.test/httpd:1", &["httpd", "-f", "-p", "8080", "-h", "/www"]),
+        busybox_image(
+            "bramble.test/httpd:1",
+            &["httpd", "-f", "-p", "8080", "-h", "/www"],
+        ),
         busybox_image(
             "bramble.test/hog:1",
-            &["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}"],
+            &[
+                "sh",
+                "-c",
+                "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
+            ],
         ),
     ];
     for (i, img) in images.iter().enumerate() {
@@ -128,8 +156,15 @@ impl TestNode {
     pub fn new(tag: &str) -> TestNode {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{}-{tag}-{n}", std::process::id());
-        let dir = tempfile::Builder::new().prefix("bramble-rt-").tempdir().unwrap();
-        let mut node = TestNode { name, dir, runtime: None };
+        let dir = tempfile::Builder::new()
+            .prefix("bramble-rt-")
+            .tempdir()
+            .unwrap();
+        let mut node = TestNode {
+            name,
+            dir,
+            runtime: None,
+        };
         node.runtime = Some(node.open_runtime());
         let scratch = node.dir.path().join("scratch");
         import_test_images(node.rt().images(), &scratch);
@@ -137,7 +172,11 @@ impl TestNode {
     }
 
     pub fn config(&self) -> RuntimeConfig {
-        let mut cfg = RuntimeConfig::new(&self.name, self.dir.path().join("state"), self.dir.path().join("run"));
+        let mut cfg = RuntimeConfig::new(
+            &self.name,
+            self.dir.path().join("state"),
+            self.dir.path().join("run"),
+        );
         cfg.shim_binary = PathBuf::from(env!("CARGO_BIN_EXE_bramble-agent"));
         cfg.sync_interval = Duration::from_millis(50);
         cfg
@@ -178,13 +217,19 @@ impl TestNode {
 }
 
 fn print_shim_logs(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() && !p.is_symlink() && !p.ends_with("rootfs") && !p.ends_with("images") {
             print_shim_logs(&p);
         } else if p.file_name().is_some_and(|n| n == "shim.log") {
-            eprintln!("--- {}:\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default());
+            eprintln!(
+                "--- {}:\n{}",
+                p.display(),
+                std::fs::read_to_string(&p).unwrap_or_default()
+            );
         }
     }
 }
@@ -218,7 +263,10 @@ impl Drop for TestNode {
 fn kill_cgroup_tree(p: &Path) {
     if let Ok(procs) = std::fs::read_to_string(p.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     if let Ok(rd) = std::fs::read_dir(p) {
@@ -256,7 +304,11 @@ pub fn pod(name: &str, containers: Vec<Container>, restart_policy: &str) -> PodD
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
-                uid: Some(format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n)),
+                uid: Some(format!(
+                    "{:08x}-0000-4000-8000-{:012x}",
+                    std::process::id(),
+                    n
+                )),
                 ..Default::default()
             },
             spec: PodSpec {
@@ -296,7 +348,12 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// Waits until the runtime reports a status satisfying `pred`.
-pub fn wait_status(rt: &LinuxRuntime, uid: &str, timeout: Duration, pred: impl Fn(&PodStatus) -> bool) -> PodStatus {
+pub fn wait_status(
+    rt: &LinuxRuntime,
+    uid: &str,
+    timeout: Duration,
+    pred: impl Fn(&PodStatus) -> bool,
+) -> PodStatus {
     let mut last = None;
     let got = wait_for(timeout, || {
         let s = rt.pod_status(uid)?;
