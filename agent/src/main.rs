@@ -9,6 +9,13 @@ use clap::Parser;
 struct Args {}
 
 fn main() -> anyhow::Result<()> {
+    // Hidden: the per-container shim. Dispatched before anything starts a
+    // thread, because the shim forks.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        std::process::exit(bramble_agent::runtime::shim::shim_main(
+            std::env::args_os().skip(2).collect(),
+        ));
+    }
     let _args = Args::parse();
     Ok(())
 }
