@@ -98,8 +98,8 @@ struct Inner {
     ipam: Option<IpamStore>,
     host_ports: Option<BTreeMap<String, Vec<HostPort>>>,
     peers: Option<Vec<Peer>>,
-    /// `nft list table` right after the last apply.
-    nft_applied: Option<String>,
+    /// The last script applied and `nft list table` right after it.
+    nft_applied: Option<(String, String)>,
 }
 
 /// The real [`PodNetwork`]: rtnetlink for links, addresses and routes,
@@ -232,8 +232,9 @@ impl NetlinkNetwork {
         }
     }
 
-    /// Applies the nftables table if it differs from what was last applied;
-    /// returns whether the kernel's table changed.
+    /// Applies the nftables table unless the kernel holds exactly what this
+    /// instance applied last with the same script; returns whether the
+    /// kernel's table changed.
     fn sync_nft(&self, inner: &mut Inner) -> Result<bool, NetworkError> {
         let Some(node) = inner.node.clone() else {
             return Ok(false);
@@ -244,14 +245,16 @@ impl NetlinkNetwork {
         let last = inner.nft_applied.clone();
         let (changed, listing) = super::netns::in_netns(self.node_netns(), || {
             let before = nft::list_table(binary, table)?;
-            if before.is_some() && before == last {
-                return Ok::<_, NetworkError>((false, before));
+            if let (Some(before), Some((last_script, last_listing))) = (&before, &last) {
+                if *last_script == script && before == last_listing {
+                    return Ok::<_, NetworkError>((false, Some(before.clone())));
+                }
             }
             nft::apply(binary, table, &script)?;
             let after = nft::list_table(binary, table)?;
             Ok((after != before, after))
         })??;
-        inner.nft_applied = listing;
+        inner.nft_applied = listing.map(|l| (script, l));
         Ok(changed)
     }
 }
