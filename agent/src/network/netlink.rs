@@ -491,17 +491,30 @@ async fn ensure_bridge(
         Some(link) => link,
         None => {
             h.link()
-                .add(LinkBridge::new(name).mtu(mtu).build())
+                .add(LinkBridge::new(name).build())
                 .execute()
                 .await
                 .map_err(nl(format!("create bridge {name}")))?;
             repaired.push(format!("created bridge {name}"));
-            link_by_name(h, name)
+            let link = link_by_name(h, name)
                 .await?
                 .ok_or_else(|| NetworkError::LinkConflict {
                     name: name.to_string(),
                     reason: "vanished right after it was created".into(),
-                })?
+                })?;
+            // An MTU given at creation is not "set by the user" for the
+            // bridge driver, which would then follow its ports (and fall
+            // back to 1500 once the last pod is gone): set it explicitly.
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(link.header.index)
+                        .mtu(mtu)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl(format!("set MTU of {name}")))?;
+            link_by_name(h, name).await?.unwrap_or(link)
         }
     };
     if link_kind(&link) != Some(&InfoKind::Bridge) {
