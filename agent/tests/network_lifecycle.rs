@@ -242,3 +242,41 @@ fn reset_leaves_the_node_as_it_found_it() {
     net.reset().unwrap();
     assert_eq!(snapshot(&na.netns), before);
 }
+
+#[test]
+fn retain_pods_releases_what_gone_pods_hold_after_a_restart() {
+    let cluster = Cluster::new(1);
+    let node = cluster.node(0);
+    let net = node.network(&cluster.id);
+    net.ensure_node(&node.config()).unwrap();
+    let port = HostPort {
+        host_port: 7070,
+        container_port: 70,
+        protocol: Protocol::Tcp,
+        host_ip: None,
+    };
+    let keep = net.setup_pod("keep", &node.pod_netns("keep"), &[]).unwrap();
+    let gone = net
+        .setup_pod("gone", &node.pod_netns("gone"), &[port])
+        .unwrap();
+    drop(net);
+
+    let net = node.network(&cluster.id);
+    net.ensure_node(&node.config()).unwrap();
+    assert_eq!(
+        net.retain_pods(&["keep"]).unwrap(),
+        vec!["gone".to_string()]
+    );
+    let veths = node.ip("-o link show master bramble0");
+    assert!(veths.contains(&keep.veth_host_name), "{veths}");
+    assert!(!veths.contains(&gone.veth_host_name), "{veths}");
+    let ruleset = ns_cmd(&node.netns, "nft", "list ruleset");
+    assert!(!ruleset.contains("7070"), "{ruleset}");
+    assert!(net.retain_pods(&["keep"]).unwrap().is_empty());
+    assert_eq!(
+        net.setup_pod("keep", &node.pods_dir.join("keep"), &[])
+            .unwrap()
+            .ip,
+        keep.ip
+    );
+}

@@ -32,6 +32,8 @@ pub enum Call {
         /// The pod uid.
         pod_uid: String,
     },
+    /// [`PodNetwork::retain_pods`].
+    RetainPods(Vec<String>),
     /// [`PodNetwork::sync_routes`].
     SyncRoutes(Vec<Peer>),
     /// [`PodNetwork::reset`].
@@ -142,6 +144,28 @@ impl PodNetwork for RecordingNetwork {
         Ok(())
     }
 
+    fn retain_pods(&self, live: &[&str]) -> Result<Vec<String>, NetworkError> {
+        let mut s = self.lock();
+        s.calls.push(Call::RetainPods(
+            live.iter().map(|l| l.to_string()).collect(),
+        ));
+        let stale: Vec<String> = s
+            .ipam
+            .as_ref()
+            .map(|i| i.allocations().keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|uid| !live.contains(&uid.as_str()))
+            .collect();
+        for uid in &stale {
+            if let Some(ipam) = s.ipam.as_mut() {
+                ipam.release(uid);
+            }
+            s.pods.remove(uid);
+        }
+        Ok(stale)
+    }
+
     fn sync_routes(&self, peers: &[Peer]) -> Result<RouteChanges, NetworkError> {
         let mut s = self.lock();
         s.calls.push(Call::SyncRoutes(peers.to_vec()));
@@ -212,6 +236,10 @@ mod tests {
             .unwrap();
         assert_eq!(changes.added.len(), 1);
         assert_eq!(net.calls().len(), 6);
+        net.setup_pod("c", path, &[]).unwrap();
+        net.setup_pod("d", path, &[]).unwrap();
+        assert_eq!(net.retain_pods(&["d"]).unwrap(), vec!["c".to_string()]);
+        assert_eq!(net.pods().keys().collect::<Vec<_>>(), vec!["d"]);
         net.fail_setup_of("b");
         assert!(net.setup_pod("b", path, &[]).is_err());
     }

@@ -33,6 +33,8 @@
 //! * [`PodNetwork::setup_pod`] / [`PodNetwork::teardown_pod`] wire and unwire
 //!   one pod; both are idempotent (setup of a pod already set up returns the
 //!   same address).
+//! * [`PodNetwork::retain_pods`] releases what pods that no longer exist
+//!   still hold (after a restart or reboot).
 //! * [`PodNetwork::sync_routes`] keeps one route per other node's pod CIDR
 //!   via that node's address (host-gateway routing), tagged with
 //!   [`ROUTE_PROTOCOL`] so that stale ones can be found and removed.
@@ -51,6 +53,9 @@
 //! Host ports are persisted beside them (`hostports.json`) so that the
 //! nftables table can be rebuilt after a restart before every pod has been
 //! set up again.
+//!
+//! Host-network pods do not call into this module at all: they keep the
+//! node's namespace, and their ports are the node's ports.
 //!
 //! Services and cluster DNS will slot in as more chains in the agent's
 //! nftables table ([`nft::NftRules`]) and more routes via [`ROUTE_PROTOCOL`].
@@ -269,6 +274,12 @@ pub trait PodNetwork: Send + Sync {
     /// Removes the pod's veth and host ports and releases its address.
     /// Nothing to remove is not an error. `netns` may be gone already.
     fn teardown_pod(&self, pod_uid: &str, netns: &Path) -> Result<(), NetworkError>;
+
+    /// Tears down every pod this node's network knows of (address, host
+    /// ports, a `bv…` veth on the bridge) whose uid is not in `live`, and
+    /// returns their uids. For after a restart or reboot, when the sync loop
+    /// knows which pods still exist.
+    fn retain_pods(&self, live: &[&str]) -> Result<Vec<String>, NetworkError>;
 
     /// Keeps exactly one route per peer's pod CIDR via the peer's address
     /// (peers with this node's own CIDR are skipped).

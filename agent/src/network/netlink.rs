@@ -20,7 +20,7 @@ use rtnetlink::{
 };
 
 use super::ipam::{gateway_of, IpamStore, IPAM_FILE};
-use super::names::{valid_ifname, veth_host_name};
+use super::names::{is_veth_host_name, valid_ifname, veth_host_name};
 use super::netns::{delete_netns, with_netlink};
 use super::nft::{self, NftRules, PortMapping};
 use super::state::write_atomic;
@@ -958,6 +958,69 @@ impl PodNetwork for NetlinkNetwork {
             self.sync_nft(&mut inner)?;
         }
         Ok(())
+    }
+
+    fn retain_pods(&self, live: &[&str]) -> Result<Vec<String>, NetworkError> {
+        let mut inner = self.lock();
+        let live_veths: BTreeSet<String> = live.iter().map(|uid| veth_host_name(uid)).collect();
+        let mut stale: Vec<String> = match self.ipam_loaded(&mut inner)? {
+            Some(store) => store
+                .ipam()
+                .allocations()
+                .keys()
+                .filter(|uid| !live.contains(&uid.as_str()))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let ports = self.host_ports_loaded(&mut inner)?;
+        stale.extend(
+            ports
+                .keys()
+                .filter(|uid| !live.contains(&uid.as_str()) && !stale.contains(uid))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        // Veths on the bridge that belong to no live pod (state lost).
+        let bridge = self.opts.bridge_name.as_str();
+        let live_veths = &live_veths;
+        with_netlink(self.node_netns(), |h| async move {
+            let links = all_links(&h).await?;
+            let Some(bridge_index) = links
+                .iter()
+                .find(|l| link_name(l) == Some(bridge))
+                .map(|l| l.header.index)
+            else {
+                return Ok(());
+            };
+            for link in &links {
+                let name = link_name(link).unwrap_or_default();
+                if link_controller(link) == Some(bridge_index)
+                    && is_veth_host_name(name)
+                    && !live_veths.contains(name)
+                {
+                    delete_link(&h, link.header.index, name).await?;
+                }
+            }
+            Ok::<_, NetworkError>(())
+        })??;
+        let mut ports_changed = false;
+        for uid in &stale {
+            self.unwire_pod(&veth_host_name(uid))?;
+            if let Some(ipam) = self.ipam_loaded(&mut inner)? {
+                ipam.release(uid)?;
+            }
+            ports_changed |= self.host_ports_loaded(&mut inner)?.remove(uid).is_some();
+        }
+        if ports_changed {
+            let snapshot = self.host_ports_loaded(&mut inner)?.clone();
+            self.save_host_ports(&snapshot)?;
+            self.sync_nft(&mut inner)?;
+        }
+        if !stale.is_empty() {
+            tracing::info!(?stale, "released the network of pods that no longer exist");
+        }
+        Ok(stale)
     }
 
     fn sync_routes(&self, peers: &[Peer]) -> Result<RouteChanges, NetworkError> {
