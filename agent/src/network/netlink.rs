@@ -1053,10 +1053,30 @@ impl PodNetwork for NetlinkNetwork {
         let table = self.opts.nft_table.as_str();
         let state_dir = self.opts.state_dir.as_path();
         let known = &known_veths;
-        with_netlink(self.node_netns(), |h| async move {
-            nft::apply(binary, table, &nft::render_delete(table))?;
-            sync_route_table(&h, &BTreeMap::new()).await?;
-            let links = all_links(&h).await?;
+        // Best effort: every step runs even if an earlier one failed, and
+        // the first failure is returned.
+        let mut first_error: Option<NetworkError> = None;
+        let mut keep = |r: Result<(), NetworkError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "reset step failed");
+                first_error.get_or_insert(e);
+            }
+        };
+        let node_side = with_netlink(self.node_netns(), |h| async move {
+            let mut errors = Vec::new();
+            if let Err(e) = nft::apply(binary, table, &nft::render_delete(table)) {
+                errors.push(e.into());
+            }
+            if let Err(e) = sync_route_table(&h, &BTreeMap::new()).await {
+                errors.push(e);
+            }
+            let links = match all_links(&h).await {
+                Ok(links) => links,
+                Err(e) => {
+                    errors.push(e);
+                    Vec::new()
+                }
+            };
             let bridge_index = links
                 .iter()
                 .find(|l| link_name(l) == Some(bridge) && link_kind(l) == Some(&InfoKind::Bridge))
@@ -1066,23 +1086,34 @@ impl PodNetwork for NetlinkNetwork {
                 let on_bridge = bridge_index.is_some() && link_controller(link) == bridge_index;
                 let is_veth = link_kind(link) == Some(&InfoKind::Veth);
                 if is_veth && (on_bridge || known.contains(name)) {
-                    delete_link(&h, link.header.index, name).await?;
+                    if let Err(e) = delete_link(&h, link.header.index, name).await {
+                        errors.push(e);
+                    }
                 }
             }
             if let Some(index) = bridge_index {
-                delete_link(&h, index, bridge).await?;
+                if let Err(e) = delete_link(&h, index, bridge).await {
+                    errors.push(e);
+                }
             }
-            restore_ip_forward(state_dir)
-        })??;
+            if let Err(e) = restore_ip_forward(state_dir) {
+                errors.push(e);
+            }
+            errors
+        });
+        match node_side {
+            Ok(errors) => errors.into_iter().for_each(|e| keep(Err(e))),
+            Err(e) => keep(Err(e.into())),
+        }
         if let Some(dir) = &self.opts.netns_dir {
             match std::fs::read_dir(dir) {
                 Ok(entries) => {
                     for entry in entries.flatten() {
-                        delete_netns(&entry.path())?;
+                        keep(delete_netns(&entry.path()).map_err(Into::into));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("list", dir)(e)),
+                Err(e) => keep(Err(io_err("list", dir)(e))),
             }
         }
         for file in [IPAM_FILE, HOST_PORTS_FILE] {
@@ -1090,10 +1121,13 @@ impl PodNetwork for NetlinkNetwork {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &path)(e)),
+                Err(e) => keep(Err(io_err("remove", &path)(e))),
             }
         }
         *inner = Inner::default();
-        Ok(())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
