@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod broker;
+pub mod controllers;
+pub mod dispatch;
 pub mod cli;
 pub mod scheduler;
 pub mod store;

@@ -67,9 +67,16 @@ pub async fn bramble(
     rest: &str,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    match (request.method(), rest) {
-        (&Method::GET, "snapshot") => snapshot(state).await,
-        _ => Err(ApiError::no_route(request.uri().path())),
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    match (&method, rest.split('/').collect::<Vec<_>>().as_slice()) {
+        (&Method::GET, ["snapshot"]) => snapshot(state).await,
+        (&Method::POST, ["nodes"]) => {
+            let body = read_body(state, request).await?;
+            super::nodes::add(state, &body).await
+        }
+        (&Method::DELETE, ["nodes", name]) => super::nodes::remove(state, name).await,
+        _ => Err(ApiError::no_route(&path)),
     }
 }
 

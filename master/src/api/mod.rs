@@ -9,6 +9,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
@@ -39,6 +40,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// A directory on the data disk for temporary files (snapshots).
     pub scratch_dir: std::path::PathBuf,
+    /// Serialises node registrations (pod CIDRs are handed out from what exists).
+    pub node_registration: tokio::sync::Mutex<()>,
 }
 
 /// The API router: one dispatcher for every path.

@@ -80,3 +80,80 @@ mod tests {
         );
     }
 }
+
+/// The user name the master itself uses on the embedded broker.
+pub const MASTER_USER: &str = "bramble-master";
+
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The node tokens stored in the store (Secrets of type
+/// `bramble.io/node-token` in `kube-system`), as user → digest.
+pub async fn node_tokens(store: &crate::store::Store) -> Result<HashMap<String, [u8; 32]>, crate::store::StoreError> {
+    use base64::Engine;
+    use crate::api::nodes::{TOKEN_HASH_KEY, TOKEN_NAMESPACE, TOKEN_NODE_KEY, TOKEN_SECRET_TYPE};
+    let (secrets, _) = store.list(bramble_common::Kind::Secret, Some(TOKEN_NAMESPACE)).await?;
+    let b64 = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    Ok(secrets
+        .iter()
+        .filter(|s| s["type"] == TOKEN_SECRET_TYPE)
+        .filter_map(|s| {
+            let node = b64(&s["data"][TOKEN_NODE_KEY])?;
+            let hash = decode_hex(&b64(&s["data"][TOKEN_HASH_KEY])?)?;
+            Some((node, hash))
+        })
+        .collect())
+}
+
+/// Keep `credentials` in step with the node tokens in the store until
+/// `shutdown`. `on_revoked` is called with each node whose token went away
+/// (to disconnect the device).
+pub async fn keep_in_step(
+    store: crate::store::Store,
+    credentials: std::sync::Arc<Credentials>,
+    on_revoked: impl Fn(String) + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut known: HashMap<String, [u8; 32]> = node_tokens(&store).await.unwrap_or_default();
+    loop {
+        let mut watch = match store.watch(Some(bramble_common::Kind::Secret), Some(crate::api::nodes::TOKEN_NAMESPACE), store.current_revision()) {
+            Ok(w) => w,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch node tokens; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    () = &mut shutdown => return,
+                }
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                e = watch.next() => e,
+                () = &mut shutdown => return,
+            };
+            if event.is_none() {
+                break;
+            }
+            let Ok(tokens) = node_tokens(&store).await else { continue };
+            for node in known.keys().filter(|n| !tokens.contains_key(*n)) {
+                on_revoked(node.clone());
+            }
+            credentials.replace_all(tokens.clone(), &[MASTER_USER]);
+            known = tokens;
+        }
+    }
+}

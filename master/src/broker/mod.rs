@@ -12,7 +12,7 @@ mod credentials;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-pub use credentials::Credentials;
+pub use credentials::{keep_in_step, node_tokens, Credentials, MASTER_USER};
 
 /// Errors starting the embedded broker.
 #[derive(Debug, thiserror::Error)]
@@ -112,4 +112,34 @@ pub fn start(
         })
         .map_err(|e| BrokerError::Start(e.to_string()))?;
     Ok(EmbeddedBroker { addr })
+}
+
+/// Disconnect the device logged in with `client_id` from the embedded
+/// broker: connecting with the same client id takes its session over (MQTT
+/// 3.1.1, 3.1.4-2); then this connection closes. With its token revoked the
+/// device cannot log in again.
+pub async fn kick(addr: SocketAddr, client_id: String, master_token: String) {
+    let mut options = rumqttc::MqttOptions::new(client_id.clone(), addr.ip().to_string(), addr.port());
+    options
+        .set_credentials(credentials::MASTER_USER, master_token)
+        .set_clean_session(true)
+        .set_keep_alive(std::time::Duration::from_secs(5));
+    let (client, mut event_loop) = rumqttc::AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match event_loop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_disconnect();
+                }
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(true) => tracing::info!(%client_id, "disconnected a revoked node"),
+        _ => tracing::warn!(%client_id, "could not take over a revoked node's session"),
+    }
 }

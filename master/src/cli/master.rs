@@ -223,6 +223,7 @@ async fn run(config: MasterConfig) -> Result<(), String> {
         auth: api::auth::Authenticator::new(credentials.admin_token_sha256),
         max_body_bytes: 3 * 1024 * 1024,
         scratch_dir: config.data_dir.clone(),
+        node_registration: tokio::sync::Mutex::new(()),
     });
     let app = api::router(state);
     tracing::info!(

@@ -5,6 +5,7 @@ mod apply;
 pub mod client;
 mod get;
 mod master;
+mod node;
 mod output;
 mod snapshot;
 
@@ -53,6 +54,9 @@ pub enum Command {
     Describe(get::DescribeArgs),
     /// Delete objects by name or from files.
     Delete(get::DeleteArgs),
+    /// Register devices as nodes, or revoke them.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Save or restore the whole store.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -80,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Get(args) => runtime.block_on(get::get(cli.kubeconfig.as_deref(), args)),
         Command::Describe(args) => runtime.block_on(get::describe(cli.kubeconfig.as_deref(), args)),
         Command::Delete(args) => runtime.block_on(get::delete(cli.kubeconfig.as_deref(), args)),
+        Command::Node(cmd) => runtime.block_on(node::run(cli.kubeconfig.as_deref(), cmd)),
         Command::Snapshot(cmd) => runtime.block_on(snapshot::run(cli.kubeconfig.as_deref(), cmd)),
         Command::Version => runtime.block_on(version(cli.kubeconfig.as_deref())),
     };

@@ -1,0 +1,193 @@
+//! Node registration (`bramble node add` / `rm`): a Node object with a pod
+//! CIDR, and a join token kept only as a SHA-256 digest in a Secret in
+//! `kube-system` (as Kubernetes keeps bootstrap tokens).
+//!
+//! `POST /bramble/v1/nodes` with `{"names": [...]}` registers nodes and
+//! answers their tokens (the only time they are shown);
+//! `DELETE /bramble/v1/nodes/{name}` revokes a node.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine;
+use bramble_common::{validation, Kind};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{json_response, pki, ApiState};
+use crate::store::{ObjectKey, Precondition, StoreError};
+
+/// Namespace holding node join tokens.
+pub const TOKEN_NAMESPACE: &str = "kube-system";
+/// Secret type of node join tokens.
+pub const TOKEN_SECRET_TYPE: &str = "bramble.io/node-token";
+/// Data key holding the hex SHA-256 of the token.
+pub const TOKEN_HASH_KEY: &str = "token-sha256";
+/// Data key holding the node name.
+pub const TOKEN_NODE_KEY: &str = "node";
+
+/// Name of the Secret holding `node`'s token.
+pub fn token_secret_name(node: &str) -> String {
+    format!("bramble-node-token-{node}")
+}
+
+/// The pod CIDRs nodes get: `/24`s of this `/16`.
+#[derive(Debug, Clone, Copy)]
+pub struct PodCidrPool {
+    /// First address of the cluster's pod range (`10.244.0.0`).
+    pub base: Ipv4Addr,
+}
+
+impl Default for PodCidrPool {
+    fn default() -> Self {
+        PodCidrPool {
+            base: Ipv4Addr::new(10, 244, 0, 0),
+        }
+    }
+}
+
+impl PodCidrPool {
+    /// The `index`-th `/24`.
+    pub fn cidr(&self, index: u8) -> String {
+        let [a, b, _, _] = self.base.octets();
+        format!("{a}.{b}.{index}.0/24")
+    }
+}
+
+fn node_key(name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::Node,
+        namespace: String::new(),
+        name: name.to_string(),
+    }
+}
+
+fn token_key(name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: Kind::Secret,
+        namespace: TOKEN_NAMESPACE.to_string(),
+        name: token_secret_name(name),
+    }
+}
+
+/// Register the nodes named in `body`.
+pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let names: Vec<String> = request["names"]
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("expected {\"names\": [...]}"))?
+        .iter()
+        .map(|n| n.as_str().unwrap_or("").to_string())
+        .collect();
+    if names.is_empty() {
+        return Err(ApiError::bad_request("no node names given"));
+    }
+    for name in &names {
+        let problems = validation::name_errors(Kind::Node, name);
+        if !problems.is_empty() || name.len() > 63 || name.contains('.') {
+            return Err(ApiError::bad_request(format!(
+                "node name {name:?} is invalid: use a lowercase DNS label (letters, digits and '-', at most 63 characters){}",
+                if problems.is_empty() { String::new() } else { format!(": {}", problems.join("; ")) }
+            )));
+        }
+    }
+    // One registration at a time: pod CIDRs are handed out from what exists.
+    let _guard = state.node_registration.lock().await;
+    for name in &names {
+        if state.store.get(&node_key(name)).await?.is_some() {
+            return Err(ApiError::already_exists(Kind::Node, name));
+        }
+    }
+    let (nodes, _) = state.store.list(Kind::Node, None).await?;
+    let mut used: BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
+        .collect();
+    let pool = PodCidrPool::default();
+    let mut answers = Vec::new();
+    for name in &names {
+        let cidr = (0..=255u8)
+            .map(|i| pool.cidr(i))
+            .find(|c| !used.contains(c))
+            .ok_or_else(|| ApiError::internal("every /24 of the pod range 10.244.0.0/16 is taken: remove nodes with `bramble node rm` first"))?;
+        used.insert(cidr.clone());
+        let token = pki::new_token();
+        let hash = pki::token_sha256(&token).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": token_secret_name(name),
+                "namespace": TOKEN_NAMESPACE,
+                "labels": {"bramble.io/node": name},
+            },
+            "type": TOKEN_SECRET_TYPE,
+            "data": {TOKEN_NODE_KEY: b64(name), TOKEN_HASH_KEY: b64(&hash)},
+        });
+        match state.store.create(&token_key(name), secret).await {
+            Ok(_) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                // A token left by an earlier node of the same name: replace it.
+                state.store.delete(&token_key(name), Precondition::default()).await?;
+                let secret = json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": token_secret_name(name), "namespace": TOKEN_NAMESPACE, "labels": {"bramble.io/node": name}},
+                    "type": TOKEN_SECRET_TYPE,
+                    "data": {TOKEN_NODE_KEY: b64(name), TOKEN_HASH_KEY: b64(&hash)},
+                });
+                state.store.create(&token_key(name), secret).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            "status": {"conditions": [{
+                "type": "Ready",
+                "status": "Unknown",
+                "reason": "AgentNeverConnected",
+                "message": "the agent has not connected yet; start bramble-agent on the device with this node's token",
+            }]},
+        });
+        state.store.create(&node_key(name), node).await?;
+        answers.push(json!({"name": name, "token": token, "podCIDR": cidr}));
+    }
+    Ok(json_response(StatusCode::CREATED, &json!({"nodes": answers})))
+}
+
+/// Revoke and remove a node.
+pub async fn remove(state: &ApiState, name: &str) -> Result<Response, ApiError> {
+    let had_token = match state.store.delete(&token_key(name), Precondition::default()).await {
+        Ok(_) => true,
+        Err(StoreError::NotFound { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let had_node = match state.store.delete(&node_key(name), Precondition::default()).await {
+        Ok(_) => true,
+        Err(StoreError::NotFound { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !had_token && !had_node {
+        return Err(ApiError::not_found(Kind::Node, name));
+    }
+    Ok(json_response(StatusCode::OK, &json!({"name": name, "revoked": had_token})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidrs_are_slash_24s_of_the_pool() {
+        let pool = PodCidrPool::default();
+        assert_eq!(pool.cidr(0), "10.244.0.0/24");
+        assert_eq!(pool.cidr(17), "10.244.17.0/24");
+        assert_eq!(token_secret_name("pi-1"), "bramble-node-token-pi-1");
+    }
+}
