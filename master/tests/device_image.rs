@@ -146,6 +146,8 @@ fn fake_elf(machine: u16, class64: bool, payload: &[u8]) -> Vec<u8> {
 const EM_AARCH64: u16 = 183;
 const EM_ARM: u16 = 40;
 const EM_X86_64: u16 = 62;
+/// Shape::machine for a root whose /usr/bin/sh is a script, not ELF.
+const NOT_ELF: u16 = 0;
 
 /// How to shape the synthetic image.
 struct Shape {
@@ -182,7 +184,13 @@ fn make_image(dir: &Path, name: &str, shape: &Shape) -> PathBuf {
             b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_CODENAME=bookworm\n".to_vec(),
         ),
         ("etc/fstab", b"proc /proc proc defaults 0 0\n".to_vec()),
-        ("usr/bin/sh", fake_elf(shape.machine, shape.machine != EM_ARM, b"fake shell")),
+        (
+            "usr/bin/sh",
+            match shape.machine {
+                NOT_ELF => b"#!/bin/busybox sh\n".to_vec(),
+                machine => fake_elf(machine, machine != EM_ARM, b"fake shell"),
+            },
+        ),
     ];
     for (path, bytes) in files {
         std::fs::write(root.join(path), bytes).expect("write fixture file");
@@ -404,6 +412,34 @@ fn agent_bin(dir: &Path, machine: u16) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
+/// Take the agent and its config out of an image and run `check-config`
+/// under qemu, as the device would at boot.
+fn run_agent_from_image(image: &Path, dir: &Path) {
+    let agent = dir.join("agent-from-image");
+    let config = dir.join("agent-from-image.toml");
+    std::fs::write(&agent, root_file(image, "/usr/local/bin/bramble-agent")).expect("write agent");
+    std::fs::write(&config, root_file(image, "/etc/bramble/agent.toml")).expect("write config");
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Command::new("qemu-aarch64-static")
+        .args(["-cpu", "cortex-a53"])
+        .arg(&agent)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run qemu-aarch64-static (apt-get install qemu-user-static)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent from the image refused its config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("node = \"pi-01\"") && stdout.contains("token = \"<redacted>\""),
+        "{stdout}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // tests
 
@@ -412,7 +448,16 @@ fn builds_a_joined_node_image_and_leaves_the_input_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = make_image(dir.path(), "raspios", &PI64);
     let before = sha256(&input);
-    let (agent, agent_bytes) = agent_bin(dir.path(), EM_AARCH64);
+    // cross/test sets BRAMBLE_TEST_AGENT_AARCH64 to the real cross-built agent:
+    // then the agent inside the image is also run under qemu on its config.
+    let real_agent = std::env::var_os("BRAMBLE_TEST_AGENT_AARCH64").map(PathBuf::from);
+    let (agent, agent_bytes) = match &real_agent {
+        Some(path) => (
+            path.clone(),
+            std::fs::read(path).expect("read BRAMBLE_TEST_AGENT_AARCH64"),
+        ),
+        None => agent_bin(dir.path(), EM_AARCH64),
+    };
     let output = dir.path().join("pi-01.img");
 
     let report = build(&[
@@ -507,6 +552,9 @@ fn builds_a_joined_node_image_and_leaves_the_input_alone() {
     assert_eq!(boot_file(&output, "config.txt"), PI_CONFIG);
     assert_eq!(boot_file(&input, "cmdline.txt"), PI_CMDLINE);
     assert_clean(&output);
+    if real_agent.is_some() {
+        run_agent_from_image(&output, dir.path());
+    }
 
     // A second pass over the result: nothing duplicated.
     let again = dir.path().join("pi-01-again.img");
@@ -567,7 +615,7 @@ fn a_32_bit_image_gets_the_armv6_agent_unless_told_otherwise() {
     )
     .expect("build");
     assert!(
-        report.contains("armv6 agent for a 32-bit ARM ext4 image"),
+        report.contains("armv6 agent; image: 32-bit ARM, ext4 root"),
         "{report}"
     );
     assert_eq!(root_file(&out, "/usr/local/bin/bramble-agent"), arm_bytes);
@@ -796,6 +844,44 @@ fn refuses_what_it_does_not_understand() {
     );
     assert!(!out.exists(), "a refused build left an output");
     assert!(!dir.path().join("out.img.partial").exists());
+
+    // No ELF program to tell the architecture: refused, unless --arch says.
+    let script_only = make_image(
+        dir.path(),
+        "noelf",
+        &Shape {
+            machine: NOT_ELF,
+            ..PI64
+        },
+    );
+    let err = try_build(&script_only);
+    assert!(
+        err.contains(
+            "no ELF program found in /usr/bin or /bin to tell the architecture: pass --arch"
+        ),
+        "{err}"
+    );
+    let report = build(&[
+        "--input",
+        s(&script_only),
+        "--output",
+        s(&out),
+        "--master",
+        MASTER,
+        "--node",
+        "n",
+        "--token",
+        "t",
+        "--agent-bin",
+        s(&agent),
+        "--arch",
+        "aarch64",
+    ])
+    .expect("--arch overrides detection");
+    assert!(
+        report.contains("aarch64 agent; image: unknown CPU, ext4 root"),
+        "{report}"
+    );
 
     assert!(
         std::fs::read_dir(dir.path()).expect("ls").all(|e| !e

@@ -304,7 +304,7 @@ impl fmt::Display for BuildReport {
             };
             writeln!(
                 f,
-                "{}: node {} (hostname {}), {} agent for a {} {} image; cmdline.txt: {}",
+                "{}: node {} (hostname {}), {} agent; image: {}, {} root; cmdline.txt: {}",
                 image.output.display(),
                 image.node,
                 image.hostname,
@@ -333,7 +333,8 @@ struct Layout {
     boot: Vec<Partition>,
     root: Partition,
     root_flavour: disk::ExtFlavour,
-    machine: ElfMachine,
+    /// What the image's programs are built for, if an ELF program was found.
+    machine: Option<ElfMachine>,
 }
 
 /// Build the image(s) `args` asks for. Blocking (copies whole images and runs
@@ -357,15 +358,23 @@ pub fn run(args: &DeviceImageArgs) -> Result<BuildReport, DeviceImageError> {
     let layout = inspect(input)?;
     let arch = match args.arch {
         Some(arch) => arch,
-        None => DeviceArch::for_machine(layout.machine).ok_or_else(|| {
-            DeviceImageError::Unsupported {
+        None => {
+            let unsupported = |reason| DeviceImageError::Unsupported {
                 path: input.clone(),
-                reason: format!(
-                    "its programs are for {}, which bramble has no agent for",
-                    layout.machine
-                ),
-            }
-        })?,
+                reason,
+            };
+            let machine = layout.machine.ok_or_else(|| {
+                unsupported(
+                    "no ELF program found in /usr/bin or /bin to tell the architecture: pass --arch"
+                        .into(),
+                )
+            })?;
+            DeviceArch::for_machine(machine).ok_or_else(|| {
+                unsupported(format!(
+                    "its programs are for {machine}, which bramble has no agent for"
+                ))
+            })?
+        }
     };
     let agent_bin = args.agent_bin.clone().unwrap_or_else(|| {
         PathBuf::from("target/cross")
@@ -409,6 +418,8 @@ fn plan_jobs(args: &DeviceImageArgs) -> Result<Vec<Job>, DeviceImageError> {
                         .into(),
                 ));
             }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DeviceImageError::io("create directory", dir, e))?;
             let text = std::fs::read_to_string(fleet)
                 .map_err(|e| DeviceImageError::io("read", fleet, e))?;
             parse_fleet(fleet, &text)?
@@ -451,7 +462,8 @@ fn plan_jobs(args: &DeviceImageArgs) -> Result<Vec<Job>, DeviceImageError> {
     Ok(jobs)
 }
 
-/// Parse a fleet file: `NAME TOKEN` per line, `#` comments and blank lines ignored.
+/// Parse a fleet file: `NAME TOKEN` per line; blank lines and lines starting
+/// with `#` are ignored (a `#` inside a token is part of it).
 fn parse_fleet(path: &Path, text: &str) -> Result<Vec<(String, String)>, DeviceImageError> {
     let mut nodes: Vec<(String, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -460,8 +472,8 @@ fn parse_fleet(path: &Path, text: &str) -> Result<Vec<(String, String)>, DeviceI
             line: i + 1,
             reason,
         };
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -479,19 +491,16 @@ fn parse_fleet(path: &Path, text: &str) -> Result<Vec<(String, String)>, DeviceI
         nodes.push(((*node).to_owned(), (*token).to_owned()));
     }
     if nodes.is_empty() {
-        return Err(DeviceImageError::Fleet {
-            path: path.to_path_buf(),
-            line: 0,
-            reason: "no nodes: write one `NAME TOKEN` line per device (`bramble node add --count N` prints them)"
-                .into(),
-        });
+        return Err(DeviceImageError::Usage(format!(
+            "{}: no nodes: write one `NAME TOKEN` line per device (`bramble node add --count N` prints them)",
+            path.display()
+        )));
     }
     Ok(nodes)
 }
 
 /// Refuse to write over the input, or over an existing file without `--force`.
 fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), DeviceImageError> {
-    use std::os::unix::fs::MetadataExt;
     let input_meta =
         std::fs::metadata(input).map_err(|e| DeviceImageError::io("read", input, e))?;
     if !input_meta.is_file() {
@@ -501,11 +510,11 @@ fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), DeviceIm
                 .into(),
         });
     }
+    if same_file(input, output) {
+        return Err(DeviceImageError::OutputIsInput(output.to_path_buf()));
+    }
     match std::fs::metadata(output) {
         Ok(meta) => {
-            if meta.dev() == input_meta.dev() && meta.ino() == input_meta.ino() {
-                return Err(DeviceImageError::OutputIsInput(output.to_path_buf()));
-            }
             if !force {
                 return Err(DeviceImageError::OutputExists(output.to_path_buf()));
             }
@@ -620,11 +629,6 @@ fn inspect(input: &Path) -> Result<Layout, DeviceImageError> {
             }
         }
     }
-    let machine = machine.ok_or_else(|| {
-        unsupported(
-            "no ELF program found in /usr/bin or /bin to tell the architecture: pass --arch".into(),
-        )
-    })?;
     Ok(Layout {
         boot,
         root,
@@ -677,6 +681,9 @@ fn build_one(
     let mut partial_name = job.output.file_name().unwrap_or_default().to_os_string();
     partial_name.push(".partial");
     let partial = parent.join(partial_name);
+    if same_file(input, &partial) {
+        return Err(DeviceImageError::OutputIsInput(partial));
+    }
     std::fs::copy(input, &partial)
         .map_err(|e| DeviceImageError::io("copy the input to", &partial, e))?;
     let result = edit(layout, job, master, agent, ca, &parent, &partial);
@@ -697,7 +704,9 @@ fn build_one(
         node: job.node.clone(),
         hostname: job.hostname.clone(),
         arch,
-        image_machine: layout.machine.to_string(),
+        image_machine: layout
+            .machine
+            .map_or_else(|| "unknown CPU".to_owned(), |m| m.to_string()),
         root_fs: layout.root_flavour.to_string(),
         files: edited.files,
         cmdline_added: edited.cmdline_added,
@@ -878,5 +887,14 @@ fn not_a_directory(image: &Path, dir: &str) -> DeviceImageError {
     DeviceImageError::Unsupported {
         path: image.to_path_buf(),
         reason: format!("{dir} exists in the root file system but is not a directory"),
+    }
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
