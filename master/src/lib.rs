@@ -3,8 +3,9 @@
 
 pub mod api;
 pub mod broker;
-pub mod controllers;
-pub mod dispatch;
 pub mod cli;
+pub mod controllers;
+pub mod device_image;
+pub mod dispatch;
 pub mod scheduler;
 pub mod store;

@@ -115,7 +115,10 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
             .ok_or_else(|| ApiError::internal("every /24 of the pod range 10.244.0.0/16 is taken: remove nodes with `bramble node rm` first"))?;
         used.insert(cidr.clone());
         let token = pki::new_token();
-        let hash = pki::token_sha256(&token).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let hash = pki::token_sha256(&token)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         let secret = json!({
             "apiVersion": "v1",
@@ -132,7 +135,10 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
             Ok(_) => {}
             Err(StoreError::AlreadyExists { .. }) => {
                 // A token left by an earlier node of the same name: replace it.
-                state.store.delete(&token_key(name), Precondition::default()).await?;
+                state
+                    .store
+                    .delete(&token_key(name), Precondition::default())
+                    .await?;
                 let secret = json!({
                     "apiVersion": "v1", "kind": "Secret",
                     "metadata": {"name": token_secret_name(name), "namespace": TOKEN_NAMESPACE, "labels": {"bramble.io/node": name}},
@@ -158,17 +164,28 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
         state.store.create(&node_key(name), node).await?;
         answers.push(json!({"name": name, "token": token, "podCIDR": cidr}));
     }
-    Ok(json_response(StatusCode::CREATED, &json!({"nodes": answers})))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"nodes": answers}),
+    ))
 }
 
 /// Revoke and remove a node.
 pub async fn remove(state: &ApiState, name: &str) -> Result<Response, ApiError> {
-    let had_token = match state.store.delete(&token_key(name), Precondition::default()).await {
+    let had_token = match state
+        .store
+        .delete(&token_key(name), Precondition::default())
+        .await
+    {
         Ok(_) => true,
         Err(StoreError::NotFound { .. }) => false,
         Err(e) => return Err(e.into()),
     };
-    let had_node = match state.store.delete(&node_key(name), Precondition::default()).await {
+    let had_node = match state
+        .store
+        .delete(&node_key(name), Precondition::default())
+        .await
+    {
         Ok(_) => true,
         Err(StoreError::NotFound { .. }) => false,
         Err(e) => return Err(e.into()),
@@ -176,7 +193,10 @@ pub async fn remove(state: &ApiState, name: &str) -> Result<Response, ApiError> 
     if !had_token && !had_node {
         return Err(ApiError::not_found(Kind::Node, name));
     }
-    Ok(json_response(StatusCode::OK, &json!({"name": name, "revoked": had_token})))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": name, "revoked": had_token}),
+    ))
 }
 
 #[cfg(test)]

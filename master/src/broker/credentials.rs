@@ -98,10 +98,14 @@ fn decode_hex(text: &str) -> Option<[u8; 32]> {
 
 /// The node tokens stored in the store (Secrets of type
 /// `bramble.io/node-token` in `kube-system`), as user → digest.
-pub async fn node_tokens(store: &crate::store::Store) -> Result<HashMap<String, [u8; 32]>, crate::store::StoreError> {
-    use base64::Engine;
+pub async fn node_tokens(
+    store: &crate::store::Store,
+) -> Result<HashMap<String, [u8; 32]>, crate::store::StoreError> {
     use crate::api::nodes::{TOKEN_HASH_KEY, TOKEN_NAMESPACE, TOKEN_NODE_KEY, TOKEN_SECRET_TYPE};
-    let (secrets, _) = store.list(bramble_common::Kind::Secret, Some(TOKEN_NAMESPACE)).await?;
+    use base64::Engine;
+    let (secrets, _) = store
+        .list(bramble_common::Kind::Secret, Some(TOKEN_NAMESPACE))
+        .await?;
     let b64 = |v: &serde_json::Value| {
         v.as_str()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
@@ -130,7 +134,11 @@ pub async fn keep_in_step(
     tokio::pin!(shutdown);
     let mut known: HashMap<String, [u8; 32]> = node_tokens(&store).await.unwrap_or_default();
     loop {
-        let mut watch = match store.watch(Some(bramble_common::Kind::Secret), Some(crate::api::nodes::TOKEN_NAMESPACE), store.current_revision()) {
+        let mut watch = match store.watch(
+            Some(bramble_common::Kind::Secret),
+            Some(crate::api::nodes::TOKEN_NAMESPACE),
+            store.current_revision(),
+        ) {
             Ok(w) => w,
             Err(error) => {
                 tracing::warn!(%error, "cannot watch node tokens; retrying");
@@ -148,7 +156,9 @@ pub async fn keep_in_step(
             if event.is_none() {
                 break;
             }
-            let Ok(tokens) = node_tokens(&store).await else { continue };
+            let Ok(tokens) = node_tokens(&store).await else {
+                continue;
+            };
             for node in known.keys().filter(|n| !tokens.contains_key(*n)) {
                 on_revoked(node.clone());
             }

@@ -119,7 +119,8 @@ pub fn start(
 /// 3.1.1, 3.1.4-2); then this connection closes. With its token revoked the
 /// device cannot log in again.
 pub async fn kick(addr: SocketAddr, client_id: String, master_token: String) {
-    let mut options = rumqttc::MqttOptions::new(client_id.clone(), addr.ip().to_string(), addr.port());
+    let mut options =
+        rumqttc::MqttOptions::new(client_id.clone(), addr.ip().to_string(), addr.port());
     options
         .set_credentials(credentials::MASTER_USER, master_token)
         .set_clean_session(true)

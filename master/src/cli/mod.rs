@@ -54,6 +54,9 @@ pub enum Command {
     Describe(get::DescribeArgs),
     /// Delete objects by name or from files.
     Delete(get::DeleteArgs),
+    /// Build flashable device images (agent, enabled unit, config baked in).
+    #[command(name = "device-image", subcommand)]
+    DeviceImage(crate::device_image::DeviceImageCommand),
     /// Register devices as nodes, or revoke them.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -80,6 +83,18 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Master(args) => return master::main(&runtime, args),
+        Command::DeviceImage(crate::device_image::DeviceImageCommand::Build(args)) => {
+            return match crate::device_image::run(&args) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Apply(args) => runtime.block_on(apply::run(cli.kubeconfig.as_deref(), args)),
         Command::Get(args) => runtime.block_on(get::get(cli.kubeconfig.as_deref(), args)),
         Command::Describe(args) => runtime.block_on(get::describe(cli.kubeconfig.as_deref(), args)),

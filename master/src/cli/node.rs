@@ -56,7 +56,13 @@ pub async fn run(kubeconfig: Option<&Path>, command: NodeCommand) -> Result<Exit
             };
             let body = serde_json::to_vec(&json!({"names": names})).unwrap_or_default();
             let answer = match client
-                .json(Method::POST, "/bramble/v1/nodes", Some("application/json"), None, body)
+                .json(
+                    Method::POST,
+                    "/bramble/v1/nodes",
+                    Some("application/json"),
+                    None,
+                    body,
+                )
                 .await
             {
                 Ok(a) => a,
@@ -83,7 +89,10 @@ pub async fn run(kubeconfig: Option<&Path>, command: NodeCommand) -> Result<Exit
                     node["token"].as_str().unwrap_or("")
                 );
             } else {
-                eprintln!("{} nodes registered; their tokens are shown only now (NAME TOKEN per line).", nodes.len());
+                eprintln!(
+                    "{} nodes registered; their tokens are shown only now (NAME TOKEN per line).",
+                    nodes.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -91,7 +100,13 @@ pub async fn run(kubeconfig: Option<&Path>, command: NodeCommand) -> Result<Exit
             let mut failed = false;
             for name in names {
                 match client
-                    .json(Method::DELETE, &format!("/bramble/v1/nodes/{name}"), None, None, Vec::new())
+                    .json(
+                        Method::DELETE,
+                        &format!("/bramble/v1/nodes/{name}"),
+                        None,
+                        None,
+                        Vec::new(),
+                    )
                     .await
                 {
                     Ok(_) => println!("node \"{name}\" removed; its token is revoked"),
@@ -102,7 +117,11 @@ pub async fn run(kubeconfig: Option<&Path>, command: NodeCommand) -> Result<Exit
                     Err(e) => return Err(e),
                 }
             }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

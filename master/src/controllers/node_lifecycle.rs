@@ -87,7 +87,11 @@ impl NodeHealth {
         self.nodes
             .lock()
             .ok()
-            .and_then(|mut nodes| nodes.get_mut(node).map(|h| std::mem::take(&mut h.marked_not_ready)))
+            .and_then(|mut nodes| {
+                nodes
+                    .get_mut(node)
+                    .map(|h| std::mem::take(&mut h.marked_not_ready))
+            })
             .unwrap_or(false)
     }
 
@@ -125,7 +129,12 @@ impl NodeHealth {
 
 /// Run the controller until `shutdown`: every second, mark overdue nodes
 /// NotReady (once per outage).
-pub async fn run(store: Store, health: std::sync::Arc<NodeHealth>, silence: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    store: Store,
+    health: std::sync::Arc<NodeHealth>,
+    silence: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -155,8 +164,14 @@ async fn mark_not_ready(store: &Store, node: &str, reason: &str) -> Result<(), S
     let Some(object) = store.get(&key).await? else {
         return Err(StoreError::NotFound { key });
     };
-    let mut status = object.get("status").cloned().unwrap_or_else(|| serde_json::json!({}));
-    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
+    let mut status = object
+        .get("status")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string();
     let condition = serde_json::to_value(not_ready_condition(reason, &now)).unwrap_or_default();
     let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
     let mut replaced = false;
@@ -177,7 +192,9 @@ async fn mark_not_ready(store: &Store, node: &str, reason: &str) -> Result<(), S
         new_conditions.push(condition);
     }
     status["conditions"] = serde_json::Value::Array(new_conditions);
-    store.update_status(&key, status, Precondition::default()).await?;
+    store
+        .update_status(&key, status, Precondition::default())
+        .await?;
     Ok(())
 }
 
@@ -197,7 +214,11 @@ mod tests {
         health.set_marked("b");
         assert!(health.overdue(Duration::from_secs(30)).is_empty());
         let silent = health.overdue(Duration::ZERO);
-        assert_eq!(silent.len(), 1, "a has been silent longer than zero seconds");
+        assert_eq!(
+            silent.len(),
+            1,
+            "a has been silent longer than zero seconds"
+        );
         assert!(health.take_marked_not_ready("b"));
         assert!(!health.take_marked_not_ready("b"));
     }

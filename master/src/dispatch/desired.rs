@@ -35,7 +35,12 @@ pub struct ClusterView {
 
 impl ClusterView {
     /// Index objects read from the store.
-    pub fn new(nodes: Vec<Node>, pods: Vec<Pod>, config_maps: Vec<ConfigMap>, secrets: Vec<Secret>) -> ClusterView {
+    pub fn new(
+        nodes: Vec<Node>,
+        pods: Vec<Pod>,
+        config_maps: Vec<ConfigMap>,
+        secrets: Vec<Secret>,
+    ) -> ClusterView {
         let mut pods_by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
         for pod in pods {
             if let Some(node) = pod.spec.node_name.clone().filter(|n| !n.is_empty()) {
@@ -51,7 +56,10 @@ impl ClusterView {
         ClusterView {
             nodes,
             pods_by_node,
-            config_maps: config_maps.into_iter().map(|c| (key(&c.metadata), c)).collect(),
+            config_maps: config_maps
+                .into_iter()
+                .map(|c| (key(&c.metadata), c))
+                .collect(),
             secrets: secrets.into_iter().map(|s| (key(&s.metadata), s)).collect(),
         }
     }
@@ -86,7 +94,11 @@ fn referenced_configs(spec: &PodSpec) -> (BTreeSet<String>, BTreeSet<String>) {
 
 /// The desired state of `node` (generation 0: the caller sets it). Pods
 /// that cannot be encoded are skipped and reported in the second value.
-pub fn build(node: &Node, view: &ClusterView, settings: &ClusterSettings) -> (NodeDesired, Vec<String>) {
+pub fn build(
+    node: &Node,
+    view: &ClusterView,
+    settings: &ClusterSettings,
+) -> (NodeDesired, Vec<String>) {
     let name = node.metadata.name.clone().unwrap_or_default();
     let mut problems = Vec::new();
     let mut pods = Vec::new();
@@ -176,11 +188,21 @@ mod tests {
     #[test]
     fn a_node_gets_its_pods_their_configs_and_its_peers() {
         let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": "default", "resourceVersion": "3"}, "data": {"a": "1"}})).expect("cm");
-        let other_cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "unused", "namespace": "default", "resourceVersion": "4"}})).expect("cm");
+        let other_cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": "unused", "namespace": "default", "resourceVersion": "4"}}),
+        )
+        .expect("cm");
         let view = ClusterView::new(
-            vec![node("pi-1", "10.244.0.0/24", "192.168.1.10"), node("pi-2", "10.244.1.0/24", "192.168.1.11")],
             vec![
-                pod("web", "pi-1", json!({"volumes": [{"name": "v", "configMap": {"name": "cfg"}}]})),
+                node("pi-1", "10.244.0.0/24", "192.168.1.10"),
+                node("pi-2", "10.244.1.0/24", "192.168.1.11"),
+            ],
+            vec![
+                pod(
+                    "web",
+                    "pi-1",
+                    json!({"volumes": [{"name": "v", "configMap": {"name": "cfg"}}]}),
+                ),
                 pod("db", "pi-2", json!({})),
             ],
             vec![cm, other_cm],

@@ -111,11 +111,16 @@ impl Dispatcher {
                 let id = event.key.to_string();
                 if matches!(event.event_type, crate::store::EventType::Deleted) {
                     return self.pod_signatures.remove(&id).is_some()
-                        || event.object["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+                        || event.object["spec"]["nodeName"]
+                            .as_str()
+                            .is_some_and(|n| !n.is_empty());
                 }
                 let signature = pod_signature(&event.object);
                 let changed = self.pod_signatures.insert(id, signature) != Some(signature);
-                changed && event.object["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+                changed
+                    && event.object["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty())
             }
             Kind::Node | Kind::ConfigMap | Kind::Secret => true,
             _ => false,
@@ -154,7 +159,9 @@ impl Dispatcher {
         let revision = self.store.current_revision();
         let mut seen = HashSet::new();
         for node in &view.nodes {
-            let Some(name) = node.metadata.name.clone() else { continue };
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
             seen.insert(name.clone());
             let (mut desired, problems) = desired::build(node, &view, &self.settings);
             for problem in problems {
@@ -163,7 +170,11 @@ impl Dispatcher {
             // A pod's status writes change its resourceVersion but not what
             // the node must run: send the generation (spec changes) instead,
             // so status updates do not republish desired states.
-            for (pod, source) in desired.pods.iter_mut().zip(view.pods_by_node.get(&name).into_iter().flatten()) {
+            for (pod, source) in desired
+                .pods
+                .iter_mut()
+                .zip(view.pods_by_node.get(&name).into_iter().flatten())
+            {
                 pod.resource_version = source.metadata.generation.unwrap_or(0).max(0) as u64;
             }
             let content_hash = match wire::encode(&Message::Desired(desired.clone())) {
@@ -185,23 +196,35 @@ impl Dispatcher {
                     state.payload = payload;
                     self.publish(&name).await;
                 }
-                Err(error) => tracing::error!(node = %name, %error, "cannot encode the desired state"),
+                Err(error) => {
+                    tracing::error!(node = %name, %error, "cannot encode the desired state")
+                }
             }
         }
-        let gone: Vec<String> = self.nodes.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
         for name in gone {
             self.nodes.remove(&name);
             self.health.forget(&name);
             // An empty retained message clears the node's desired state.
             if let Ok(topic) = wire::desired_topic(&self.settings.cluster_name, &name) {
-                let _ = self.client.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await;
+                let _ = self
+                    .client
+                    .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                    .await;
             }
             tracing::info!(node = %name, "node removed: its desired state was cleared");
         }
     }
 
     async fn publish(&self, node: &str) {
-        let Some(state) = self.nodes.get(node) else { return };
+        let Some(state) = self.nodes.get(node) else {
+            return;
+        };
         if state.payload.is_empty() {
             return;
         }
@@ -212,9 +235,17 @@ impl Dispatcher {
                 return;
             }
         };
-        match self.client.publish(topic, QoS::AtLeastOnce, true, state.payload.clone()).await {
-            Ok(()) => tracing::debug!(%node, generation = state.generation, bytes = state.payload.len(), "published desired state"),
-            Err(error) => tracing::warn!(%node, %error, "cannot publish desired state; it is sent again on reconnect"),
+        match self
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, state.payload.clone())
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(%node, generation = state.generation, bytes = state.payload.len(), "published desired state")
+            }
+            Err(error) => {
+                tracing::warn!(%node, %error, "cannot publish desired state; it is sent again on reconnect")
+            }
         }
     }
 
@@ -232,7 +263,9 @@ impl Dispatcher {
         if parsed.cluster() != self.settings.cluster_name {
             return;
         }
-        let Some(node) = parsed.node().map(str::to_string) else { return };
+        let Some(node) = parsed.node().map(str::to_string) else {
+            return;
+        };
         if payload.is_empty() {
             // A cleared retained message.
             return;
@@ -245,15 +278,23 @@ impl Dispatcher {
             }
         };
         match (parsed, message) {
-            (Topic::Report { .. }, Message::Report(report)) => self.handle_report(&node, report).await,
-            (Topic::Presence { .. }, Message::Presence(presence)) => self.handle_presence(&node, presence).await,
+            (Topic::Report { .. }, Message::Report(report)) => {
+                self.handle_report(&node, report).await
+            }
+            (Topic::Presence { .. }, Message::Presence(presence)) => {
+                self.handle_presence(&node, presence).await
+            }
             (_, other) => self.warn_once(&node, format!("a {} message on {topic}", other.kind())),
         }
     }
 
     async fn handle_presence(&mut self, node: &str, presence: Presence) {
         match presence {
-            Presence::Online { applied_generation, agent_version, .. } => {
+            Presence::Online {
+                applied_generation,
+                agent_version,
+                ..
+            } => {
                 self.health.online(node);
                 let state = self.nodes.entry(node.to_string()).or_default();
                 state.applied_generation = applied_generation;
@@ -288,7 +329,10 @@ impl Dispatcher {
         state.applied_generation = report.applied_generation;
         state.internal_ip = internal_ip.clone();
         if force || state.last_status.as_ref() != Some(&status_json) {
-            match self.write_node(&node_key, &report, status_json.clone()).await {
+            match self
+                .write_node(&node_key, &report, status_json.clone())
+                .await
+            {
                 Ok(()) => {
                     if let Some(state) = self.nodes.get_mut(node) {
                         state.last_status = Some(status_json);
@@ -331,29 +375,46 @@ impl Dispatcher {
             {
                 continue;
             }
-            let stored_status: Option<PodStatus> = serde_json::from_value(stored["status"].clone()).ok();
-            let merged = reports::merge_pod_status(stored_status.as_ref(), reported, internal_ip.as_deref());
+            let stored_status: Option<PodStatus> =
+                serde_json::from_value(stored["status"].clone()).ok();
+            let merged =
+                reports::merge_pod_status(stored_status.as_ref(), reported, internal_ip.as_deref());
             let merged_json = serde_json::to_value(&merged).unwrap_or_default();
             if merged_json != stored["status"] {
                 let precondition = Precondition {
                     uid: Some(pod_status.uid.clone()),
                     ..Precondition::default()
                 };
-                if let Err(error) = self.store.update_status(&key, merged_json, precondition).await {
+                if let Err(error) = self
+                    .store
+                    .update_status(&key, merged_json, precondition)
+                    .await
+                {
                     tracing::warn!(%error, pod = %key, "cannot write pod status");
                     continue;
                 }
             }
             if let Some(state) = self.nodes.get_mut(node) {
-                state.pod_status.insert(pod_status.uid.clone(), pod_status.status_json.clone());
+                state
+                    .pod_status
+                    .insert(pod_status.uid.clone(), pod_status.status_json.clone());
             }
         }
     }
 
-    async fn write_node(&self, key: &ObjectKey, report: &NodeReport, status: Value) -> Result<(), String> {
+    async fn write_node(
+        &self,
+        key: &ObjectKey,
+        report: &NodeReport,
+        status: Value,
+    ) -> Result<(), String> {
         let node = match self.store.get(key).await {
             Ok(Some(n)) => n,
-            Ok(None) => return Err("a report from a node that is not registered (bramble node add NAME)".into()),
+            Ok(None) => {
+                return Err(
+                    "a report from a node that is not registered (bramble node add NAME)".into(),
+                )
+            }
             Err(e) => return Err(format!("cannot read the node: {e}")),
         };
         let labels = reports::node_labels(&key.name, &report.node_status);
@@ -381,9 +442,17 @@ impl Dispatcher {
 }
 
 /// Run dispatch until `shutdown`.
-pub async fn run(store: Store, options: DispatchOptions, health: Arc<NodeHealth>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    store: Store,
+    options: DispatchOptions,
+    health: Arc<NodeHealth>,
+    shutdown: impl Future<Output = ()>,
+) {
     let cluster = options.settings.cluster_name.clone();
-    let filters = match (wire::report_filter(&cluster), wire::presence_filter(&cluster)) {
+    let filters = match (
+        wire::report_filter(&cluster),
+        wire::presence_filter(&cluster),
+    ) {
         (Ok(r), Ok(p)) => vec![r, p],
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "the cluster name cannot be used in MQTT topics; dispatch is not running");

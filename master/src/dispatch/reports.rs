@@ -12,7 +12,9 @@ fn rfc3339(unix: i64) -> Option<String> {
     if unix <= 0 {
         return None;
     }
-    jiff::Timestamp::from_second(unix).ok().map(|t| t.to_string())
+    jiff::Timestamp::from_second(unix)
+        .ok()
+        .map(|t| t.to_string())
 }
 
 fn condition(report: &ConditionReport) -> Condition {
@@ -32,12 +34,18 @@ fn condition(report: &ConditionReport) -> Condition {
 pub fn node_status(node_name: &str, report: &NodeStatusReport) -> NodeStatus {
     let facts = &report.facts;
     let mut capacity = BTreeMap::new();
-    capacity.insert("cpu".to_string(), Quantity::from_units(i128::from(facts.cpus)));
+    capacity.insert(
+        "cpu".to_string(),
+        Quantity::from_units(i128::from(facts.cpus)),
+    );
     capacity.insert(
         "memory".to_string(),
         Quantity::new(format!("{}Ki", facts.memory_bytes / 1024)),
     );
-    capacity.insert("pods".to_string(), Quantity::from_units(i128::from(facts.max_pods)));
+    capacity.insert(
+        "pods".to_string(),
+        Quantity::from_units(i128::from(facts.max_pods)),
+    );
     let mut addresses: Vec<NodeAddress> = report
         .addresses
         .iter()
@@ -49,7 +57,11 @@ pub fn node_status(node_name: &str, report: &NodeStatusReport) -> NodeStatus {
     if !addresses.iter().any(|a| a.type_ == "Hostname") {
         addresses.push(NodeAddress {
             type_: "Hostname".into(),
-            address: if facts.hostname.is_empty() { node_name.to_string() } else { facts.hostname.clone() },
+            address: if facts.hostname.is_empty() {
+                node_name.to_string()
+            } else {
+                facts.hostname.clone()
+            },
         });
     }
     NodeStatus {
@@ -67,7 +79,10 @@ pub fn node_labels(node_name: &str, report: &NodeStatusReport) -> BTreeMap<Strin
     let mut labels = BTreeMap::new();
     labels.insert("kubernetes.io/hostname".to_string(), node_name.to_string());
     if !report.facts.architecture.is_empty() {
-        labels.insert("kubernetes.io/arch".to_string(), report.facts.architecture.clone());
+        labels.insert(
+            "kubernetes.io/arch".to_string(),
+            report.facts.architecture.clone(),
+        );
     }
     if !report.facts.os.is_empty() {
         labels.insert("kubernetes.io/os".to_string(), report.facts.os.clone());
@@ -77,13 +92,21 @@ pub fn node_labels(node_name: &str, report: &NodeStatusReport) -> BTreeMap<Strin
 
 /// A pod's new status: what the agent reports, keeping the scheduler's
 /// `PodScheduled` condition and filling in the node's address.
-pub fn merge_pod_status(stored: Option<&PodStatus>, mut reported: PodStatus, host_ip: Option<&str>) -> PodStatus {
+pub fn merge_pod_status(
+    stored: Option<&PodStatus>,
+    mut reported: PodStatus,
+    host_ip: Option<&str>,
+) -> PodStatus {
     if let Some(scheduled) = stored
         .into_iter()
         .flat_map(|s| s.conditions.iter())
         .find(|c| c.type_ == "PodScheduled")
     {
-        if !reported.conditions.iter().any(|c| c.type_ == "PodScheduled") {
+        if !reported
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "PodScheduled")
+        {
             reported.conditions.insert(0, scheduled.clone());
         }
     }
@@ -138,10 +161,19 @@ mod tests {
         assert_eq!(status.capacity["memory"].0, "4194304Ki");
         assert_eq!(status.capacity["pods"].0, "110");
         assert_eq!(status.conditions[0].status, "True");
-        assert_eq!(status.conditions[0].last_transition_time.as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(
+            status.conditions[0].last_transition_time.as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
         assert!(status.conditions[0].last_heartbeat_time.is_none());
         assert_eq!(status.addresses.len(), 2);
-        assert_eq!(status.node_info.as_ref().map(|i| i.kubelet_version.as_str()), Some("0.1.0"));
+        assert_eq!(
+            status
+                .node_info
+                .as_ref()
+                .map(|i| i.kubelet_version.as_str()),
+            Some("0.1.0")
+        );
         let labels = node_labels("pi-1", &report);
         assert_eq!(labels["kubernetes.io/arch"], "arm64");
     }

@@ -43,8 +43,15 @@ pub const MAX_PACKET_BYTES: usize = 130 * 1024;
 
 /// Connect and start polling. `filters` are subscribed at QoS 1 on every
 /// connect. The polling task ends with the returned receiver.
-pub fn start(endpoint: &MqttEndpoint, filters: Vec<String>) -> (AsyncClient, mpsc::Receiver<Incoming>) {
-    let mut options = MqttOptions::new(endpoint.client_id.clone(), endpoint.host.clone(), endpoint.port);
+pub fn start(
+    endpoint: &MqttEndpoint,
+    filters: Vec<String>,
+) -> (AsyncClient, mpsc::Receiver<Incoming>) {
+    let mut options = MqttOptions::new(
+        endpoint.client_id.clone(),
+        endpoint.host.clone(),
+        endpoint.port,
+    );
     options
         .set_credentials(endpoint.username.clone(), endpoint.password.clone())
         .set_keep_alive(Duration::from_secs(30))
