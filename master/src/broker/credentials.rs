@@ -56,31 +56,6 @@ impl Credentials {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checks_tokens_and_revocation() {
-        let table = Credentials::new();
-        table.allow("pi-1", Sha256::digest(b"t1").into());
-        assert!(table.check("pi-1", "t1"));
-        assert!(!table.check("pi-1", "t2"));
-        assert!(!table.check("pi-2", "t1"));
-        table.revoke("pi-1");
-        assert!(!table.check("pi-1", "t1"));
-        table.allow("master", Sha256::digest(b"m").into());
-        table.allow("pi-3", Sha256::digest(b"t3").into());
-        table.replace_all(
-            HashMap::from([("pi-4".to_string(), Sha256::digest(b"t4").into())]),
-            &["master"],
-        );
-        assert!(
-            table.check("master", "m") && table.check("pi-4", "t4") && !table.check("pi-3", "t3")
-        );
-    }
-}
-
 /// The user name the master itself uses on the embedded broker.
 pub const MASTER_USER: &str = "bramble-master";
 
@@ -165,5 +140,30 @@ pub async fn keep_in_step(
             credentials.replace_all(tokens.clone(), &[MASTER_USER]);
             known = tokens;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_tokens_and_revocation() {
+        let table = Credentials::new();
+        table.allow("pi-1", Sha256::digest(b"t1").into());
+        assert!(table.check("pi-1", "t1"));
+        assert!(!table.check("pi-1", "t2"));
+        assert!(!table.check("pi-2", "t1"));
+        table.revoke("pi-1");
+        assert!(!table.check("pi-1", "t1"));
+        table.allow("master", Sha256::digest(b"m").into());
+        table.allow("pi-3", Sha256::digest(b"t3").into());
+        table.replace_all(
+            HashMap::from([("pi-4".to_string(), Sha256::digest(b"t4").into())]),
+            &["master"],
+        );
+        assert!(
+            table.check("master", "m") && table.check("pi-4", "t4") && !table.check("pi-3", "t3")
+        );
     }
 }
