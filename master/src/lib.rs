@@ -4,5 +4,6 @@
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod device_image;
 pub mod scheduler;
 pub mod store;

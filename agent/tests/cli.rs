@@ -1,0 +1,136 @@
+//! The `bramble-agent` binary: version, `check-config`, and its refusals.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_bramble-agent");
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(AGENT)
+        .args(args)
+        .output()
+        .expect("run bramble-agent")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn version() {
+    let out = agent(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("bramble-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_config_on_the_cross_sample() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../cross/sample/agent.toml");
+    let out = agent(&["check-config", "--config", sample]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("node = \"pi-01\""), "{stdout}");
+    assert!(
+        stdout.contains("master = \"mqtt://192.168.1.10:1883\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("token = \"<redacted>\""), "{stdout}");
+    assert!(
+        !stdout.contains("sample-join-token"),
+        "token leaked: {stdout}"
+    );
+}
+
+#[test]
+fn flags_override_the_file_and_global_flags_work_after_the_subcommand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "master = \"mqtt://a:1883\"\nnode = \"pi-01\"\ntoken = \"t\"\n",
+    );
+    let out = agent(&[
+        "--node",
+        "pi-09",
+        "check-config",
+        "--config",
+        &cfg,
+        "--run-dir",
+        "/tmp/r",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("node = \"pi-09\""), "{stdout}");
+    assert!(stdout.contains("run-dir = \"/tmp/r\""), "{stdout}");
+}
+
+#[test]
+fn missing_explicit_file_is_an_error() {
+    let out = agent(&["check-config", "--config", "/nonexistent/agent.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read config file /nonexistent/agent.toml"));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "master = \"mqtt://a:1883\"\nnode = \"pi-01\"\ntoken = \"t\"\nmqtt-port = 1\n",
+    );
+    let out = agent(&["check-config", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{cfg}:4:1:")), "{stderr}");
+    assert!(stderr.contains("mqtt-port"), "{stderr}");
+}
+
+#[test]
+fn invalid_values_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "master = \"mqtt://a:1883\"\nnode = \"pi-01\"\ntoken = \"t\"\n",
+    );
+    for (flag, value, key) in [
+        ("--master", "tcp://a:1", "master"),
+        ("--master", "mqtt://a", "master"),
+        ("--node", "Pi_01", "node"),
+        ("--token", "", "token"),
+    ] {
+        let out = agent(&["check-config", "--config", &cfg, flag, value]);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("invalid `{key}`")),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn running_without_a_subcommand_says_the_runtime_is_missing() {
+    let out = agent(&[
+        "--master",
+        "mqtt://a:1883",
+        "--node",
+        "pi-01",
+        "--token",
+        "t",
+        "--config",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("the device runtime is not available in this build yet"));
+}
