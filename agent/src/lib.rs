@@ -1,0 +1,23 @@
+//! The bramble agent as a library: the device daemon's parts. The binary
+//! (`main.rs`) parses arguments and calls into these.
+//!
+//! - [`config`]: the agent's configuration file and flags.
+//! - [`facts`]: what the device is (architecture, memory, cgroups) and the
+//!   node conditions that follow from it.
+//! - [`state`]: the local copy of the desired state (`desired.bin`).
+//! - [`link`]: the MQTT session with the master, and report coalescing.
+//! - [`sync`]: the reconcile loop, desired pods vs the runtime, and the
+//!   [`sync::PodRuntime`] trait every runtime implements.
+//! - [`runtime`]: runtimes; [`runtime::sim`] is the simulated one.
+//! - [`node`]: one node's agent, wiring link, state and sync together.
+//! - [`shutdown`]: the shutdown signal every long-running task takes.
+
+pub mod config;
+pub mod facts;
+pub mod link;
+pub mod node;
+/// Container runtimes; [`runtime::sim`] simulates pods in memory.
+pub mod runtime;
+pub mod shutdown;
+pub mod state;
+pub mod sync;
