@@ -30,7 +30,7 @@ use rumqttc::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::shutdown::Shutdown;
 
@@ -181,7 +181,7 @@ pub fn start(settings: LinkSettings, shutdown: Shutdown) -> Result<Link, LinkErr
         epoch: 0,
         ever_connected: false,
     };
-    let poller = tokio::spawn(poller.run(shutdown));
+    let poller = tokio::spawn(poller.run(shutdown).in_current_span());
     Ok(Link {
         client,
         topics,
@@ -373,7 +373,14 @@ impl Poller {
                     *current = Some(ReceivedDesired { payload, desired });
                     true
                 });
-                debug!(generation, replaced, "received desired state");
+                if replaced {
+                    debug!(generation, "received desired state");
+                } else {
+                    info!(
+                        received = generation,
+                        "ignoring a desired state older than the one applied"
+                    );
+                }
             }
             Ok(other) => debug!(kind = other.kind(), "ignored message"),
             Err(e) => {

@@ -64,6 +64,8 @@ struct SyncState {
     last_status: BTreeMap<String, PodStatus>,
     /// Errors already logged per pod, so a failing pod logs once per error.
     logged_errors: BTreeMap<String, String>,
+    /// Last phase logged per pod.
+    phases: BTreeMap<String, String>,
 }
 
 /// Run the sync loop until `shutdown`. `desired` carries the current desired
@@ -86,6 +88,7 @@ pub async fn run<R: PodRuntime>(
         killed: BTreeMap::new(),
         last_status: BTreeMap::new(),
         logged_errors: BTreeMap::new(),
+        phases: BTreeMap::new(),
     };
     let mut passes = 0u64;
     let mut desired_open = true;
@@ -217,6 +220,7 @@ async fn pass<R: PodRuntime>(
         state.killed.remove(&uid);
         state.last_status.remove(&uid);
         state.logged_errors.remove(&uid);
+        state.phases.remove(&uid);
     }
 }
 
@@ -277,6 +281,16 @@ async fn statuses<R: PodRuntime>(
             pod::pending_status(spec.as_ref(), &accepted_at, "ContainerCreating", message)
         };
         pod::decorate(&mut status, settings.host_ip.as_deref(), &accepted_at);
+        let phase = status.phase.clone().unwrap_or_default();
+        if state.phases.get(uid) != Some(&phase) {
+            info!(
+                pod_uid = %uid,
+                "pod {}/{} is {phase}",
+                desired_pod.namespace,
+                desired_pod.name
+            );
+            state.phases.insert(uid.clone(), phase);
+        }
         match PodStatusReport::from_status(
             uid,
             &desired_pod.namespace,
