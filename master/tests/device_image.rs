@@ -392,9 +392,7 @@ struct DeviceImageCli {
 fn build(args: &[&str]) -> Result<String, String> {
     let argv = ["bramble-device-image", "build"].iter().chain(args);
     let cli = DeviceImageCli::try_parse_from(argv).map_err(|e| e.to_string())?;
-    let DeviceImageCommand::Build(args) = cli.command else {
-        unreachable!("only build exists");
-    };
+    let DeviceImageCommand::Build(args) = cli.command;
     device_image::run(&args)
         .map(|report| report.to_string())
         .map_err(|e| e.to_string())

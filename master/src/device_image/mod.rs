@@ -48,7 +48,6 @@ pub const AGENT_CONFIG_PATH: &str = "/etc/bramble/agent.toml";
 
 /// Commands of `bramble device-image`.
 #[derive(Debug, Clone, clap::Subcommand)]
-#[non_exhaustive]
 pub enum DeviceImageCommand {
     /// Write a flashable image for one device (or one per device of a fleet).
     Build(DeviceImageArgs),
