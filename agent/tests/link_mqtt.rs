@@ -138,8 +138,13 @@ struct Agent {
 
 impl Agent {
     fn start(args: &[String]) -> Agent {
+        Agent::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(AGENT)
             .args(args)
+            .envs(env.iter().copied())
             .env("BRAMBLE_LOG", "info,rumqttc=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -657,4 +662,50 @@ async fn link_sim_nodes_connect_fifty_sessions() {
     }
     assert_eq!(online.len(), NODES);
     agent.wait_for_line("bramble-agent ready node=sim-49");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_missing_memory_cgroup_reports_not_ready_with_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(dir.path(), &users(&[("pi-zero", "tok")]));
+    let mut master = Master::connect(broker.port, &["bramble/bramble/nodes/pi-zero/report"]).await;
+    let config = write_config(dir.path(), broker.port, "pi-zero", "tok");
+    // Test-only overrides: a Pi Zero on Raspberry Pi OS without the memory cgroup.
+    let _agent = Agent::start_with_env(
+        &[
+            "--config".into(),
+            config.display().to_string(),
+            "--runtime".into(),
+            "sim".into(),
+        ],
+        &[
+            ("BRAMBLE_FAKE_ARCH", "armv6l"),
+            ("BRAMBLE_FAKE_CGROUP_CONTROLLERS", "cpu cpuset pids"),
+            ("BRAMBLE_FAKE_MEMORY_BYTES", "450000000"),
+            ("BRAMBLE_FAKE_CPUS", "1"),
+        ],
+    );
+    let report = master
+        .wait_for(|_, m| match m {
+            Message::Report(r) if r.full => Some(r),
+            _ => None,
+        })
+        .await;
+    let facts = &report.node_status.facts;
+    assert_eq!(
+        (facts.architecture.as_str(), facts.arch_variant.as_str()),
+        ("arm", "v6")
+    );
+    assert_eq!((facts.cpus, facts.memory_bytes), (1, 450_000_000));
+    let ready = report
+        .node_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "MemoryCgroupMissing");
+    assert!(ready
+        .message
+        .contains("cgroup_enable=memory cgroup_memory=1"));
 }
