@@ -11,6 +11,7 @@
 //! run-dir = "/run/bramble"               # optional
 //! heartbeat-seconds = 10                 # optional
 //! ca-file = "/etc/bramble/ca.pem"        # optional, for TLS (mqtts://)
+//! cluster = "bramble"                     # optional, the cluster name in MQTT topics
 //! ```
 //!
 //! Flags override the file. An unknown key in the file is an error that names
@@ -33,6 +34,8 @@ pub const DEFAULT_HEARTBEAT_SECONDS: u64 = 10;
 /// Largest accepted heartbeat interval (one hour): anything slower makes a
 /// dead node look alive for too long.
 pub const MAX_HEARTBEAT_SECONDS: u64 = 3600;
+/// Default cluster name: the second level of every MQTT topic.
+pub const DEFAULT_CLUSTER: &str = "bramble";
 
 /// Everything that can go wrong while loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,7 @@ struct AgentConfigFile {
     run_dir: Option<PathBuf>,
     heartbeat_seconds: Option<u64>,
     ca_file: Option<PathBuf>,
+    cluster: Option<String>,
 }
 
 /// Values given on the command line; each one that is set wins over the file.
@@ -105,6 +109,8 @@ pub struct ConfigOverrides {
     pub state_dir: Option<PathBuf>,
     /// `--run-dir`.
     pub run_dir: Option<PathBuf>,
+    /// `--cluster`.
+    pub cluster: Option<String>,
 }
 
 /// Whether the agent talks to the broker in plain TCP or TLS.
@@ -205,6 +211,8 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// The file the configuration came from, if one was read.
     pub source: Option<PathBuf>,
+    /// The cluster's name, as in the MQTT topics (`bramble/{cluster}/...`).
+    pub cluster: String,
 }
 
 /// `Debug` never shows the token.
@@ -219,6 +227,7 @@ impl fmt::Debug for AgentConfig {
             .field("heartbeat_seconds", &self.heartbeat_seconds)
             .field("ca_file", &self.ca_file)
             .field("source", &self.source)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -290,6 +299,18 @@ impl AgentConfig {
             .or(file.run_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
         let heartbeat_seconds = file.heartbeat_seconds.unwrap_or(DEFAULT_HEARTBEAT_SECONDS);
+        let cluster = overrides
+            .cluster
+            .clone()
+            .or(file.cluster)
+            .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
+        if let Err(e) = bramble_common::wire::validate_segment("cluster name", &cluster) {
+            return Err(ConfigError::Invalid {
+                key: "cluster",
+                value: cluster.clone(),
+                reason: format!("{e}: use the name the master was started with"),
+            });
+        }
 
         let master = MasterUrl::parse(&master).map_err(|reason| ConfigError::Invalid {
             key: "master",
@@ -345,6 +366,7 @@ impl AgentConfig {
             heartbeat_seconds,
             ca_file: file.ca_file,
             source,
+            cluster,
         })
     }
 
@@ -374,6 +396,7 @@ impl AgentConfig {
             toml_string(&self.run_dir.to_string_lossy())
         ));
         out.push_str(&format!("heartbeat-seconds = {}\n", self.heartbeat_seconds));
+        out.push_str(&format!("cluster = {}\n", toml_string(&self.cluster)));
         if let Some(ca) = &self.ca_file {
             out.push_str(&format!(
                 "ca-file = {}\n",
@@ -483,6 +506,24 @@ mod tests {
         assert_eq!(c.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(c.heartbeat_seconds, DEFAULT_HEARTBEAT_SECONDS);
         assert_eq!(c.ca_file, None);
+        assert_eq!(c.cluster, DEFAULT_CLUSTER);
+    }
+
+    #[test]
+    fn cluster_key_and_flag() {
+        let c = parse(&format!("{GOOD}cluster = \"home\"\n")).expect("valid");
+        assert_eq!(c.cluster, "home");
+        assert_eq!(
+            parse(&c.to_redacted_toml()).expect("round trip").cluster,
+            "home"
+        );
+        let o = ConfigOverrides {
+            cluster: Some("lab".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::from_toml(Path::new("a.toml"), GOOD, &o).expect("valid");
+        assert_eq!(c.cluster, "lab");
+        assert!(parse(&format!("{GOOD}cluster = \"a/b\"\n")).is_err());
     }
 
     #[test]

@@ -132,5 +132,6 @@ fn running_without_a_subcommand_says_the_runtime_is_missing() {
         "/dev/null",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("the device runtime is not available in this build yet"));
+    assert!(text(&out.stderr)
+        .contains("the real runtime is not built into this agent yet; use --runtime sim"));
 }

@@ -172,3 +172,5 @@ impl RuntimeConfig {
         }
     }
 }
+
+pub mod sim;

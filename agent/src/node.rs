@@ -1,0 +1,374 @@
+//! One node's agent: the local desired state, the sync loop and the link,
+//! wired together.
+//!
+//! At start the agent loads `desired.bin` and starts the sync loop on it at
+//! once, without waiting for the broker: a device that boots without its
+//! uplink still runs its pods. Then, in one task that never waits on the
+//! MQTT poller:
+//!
+//! - a desired state from the master with a generation below the one
+//!   accepted is ignored; a new one is written to `desired.bin` *before*
+//!   the sync loop sees it;
+//! - on every (re)connect: subscribe to the desired topic, publish
+//!   `Presence::Online` (retained), and one full report of the latest state;
+//! - reports on change and a full heartbeat every `heartbeat` interval,
+//!   coalesced while offline ([`ReportCoalescer`]);
+//! - at shutdown: `Presence::Offline` (retained), then a clean disconnect.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bramble_common::wire::{self, Backoff, Message, NodeDesired, NodeReport, Presence};
+use rumqttc::QoS;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::{AgentConfig, MqttTransport};
+use crate::facts::Facts;
+use crate::link::coalesce::{ReportCoalescer, ReportState};
+use crate::link::{self, Link, LinkError, LinkSettings};
+use crate::shutdown::Shutdown;
+use crate::state;
+use crate::sync::{self, PodRuntime, SyncSettings, SyncSnapshot};
+
+/// How long to wait for the link and the sync loop to finish at shutdown.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Delay before retrying a report the client could not queue.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Errors that stop a node's agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The link could not be set up.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Everything one node's agent needs.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The node's name.
+    pub node: String,
+    /// The node's join token.
+    pub token: String,
+    /// The broker's host.
+    pub host: String,
+    /// The broker's port.
+    pub port: u16,
+    /// Where `desired.bin` lives.
+    pub state_dir: PathBuf,
+    /// Interval of heartbeat reports.
+    pub heartbeat: Duration,
+    /// Interval between sync passes when nothing happens.
+    pub resync: Duration,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// The device's facts.
+    pub facts: Arc<Facts>,
+    /// Unix time the agent started (transition time of node conditions).
+    pub started_unix: i64,
+}
+
+impl NodeSettings {
+    /// Settings from the agent's configuration.
+    pub fn from_config(
+        config: &AgentConfig,
+        facts: Arc<Facts>,
+        started_unix: i64,
+    ) -> Result<NodeSettings, LinkError> {
+        if config.master.transport == MqttTransport::Tls {
+            return Err(LinkError::TlsUnsupported);
+        }
+        Ok(NodeSettings {
+            cluster: config.cluster.clone(),
+            node: config.node.clone(),
+            token: config.token.clone(),
+            host: config.master.host.clone(),
+            port: config.master.port,
+            state_dir: config.state_dir.clone(),
+            heartbeat: Duration::from_secs(config.heartbeat_seconds),
+            resync: sync::DEFAULT_RESYNC,
+            backoff: Backoff::default(),
+            facts,
+            started_unix,
+        })
+    }
+}
+
+/// The address this device uses to reach `host:port` (no packet is sent),
+/// reported as the node's `InternalIP` and the pods' `hostIP`.
+pub async fn local_address_towards(host: &str, port: u16) -> Option<String> {
+    let socket = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await.ok()?;
+    socket.connect((host, port)).await.ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then(|| ip.to_string())
+}
+
+/// Run one node's agent until `shutdown`.
+pub async fn run<R: PodRuntime>(
+    settings: NodeSettings,
+    runtime: Arc<R>,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
+    let span = tracing::info_span!("node", node = %settings.node);
+    run_inner(settings, runtime, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_inner<R: PodRuntime>(
+    settings: NodeSettings,
+    runtime: Arc<R>,
+    mut shutdown: Shutdown,
+) -> Result<(), NodeError> {
+    // 1. The local copy of the desired state, before anything else.
+    let state_dir = settings.state_dir.clone();
+    let loaded = match tokio::task::spawn_blocking(move || state::load_desired(&state_dir)).await {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot use the local desired state; starting with no pods");
+            None
+        }
+        Err(e) => {
+            error!(error = %e, "loading the local desired state failed; starting with no pods");
+            None
+        }
+    };
+    if let Some(desired) = &loaded {
+        info!(
+            generation = desired.generation,
+            pods = desired.pods.len(),
+            "loaded the local desired state"
+        );
+    }
+    let mut accepted: Option<Arc<NodeDesired>> = loaded.map(Arc::new);
+
+    // 2. The sync loop, at once.
+    let host_ip = local_address_towards(&settings.host, settings.port).await;
+    let (sync_tx, sync_rx) = watch::channel(accepted.clone());
+    let (snapshot_tx, mut snapshots) = watch::channel(SyncSnapshot::default());
+    let sync_task = tokio::spawn(
+        sync::run(
+            SyncSettings {
+                node: settings.node.clone(),
+                host_ip: host_ip.clone(),
+                resync: settings.resync,
+            },
+            runtime,
+            sync_rx,
+            snapshot_tx,
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+
+    // 3. The link.
+    let Link {
+        client,
+        topics,
+        mut connection,
+        desired: mut received,
+        poller,
+    } = link::start(
+        LinkSettings {
+            cluster: settings.cluster.clone(),
+            node: settings.node.clone(),
+            token: settings.token.clone(),
+            host: settings.host.clone(),
+            port: settings.port,
+            keep_alive: link::KEEP_ALIVE,
+            backoff: settings.backoff.clone(),
+        },
+        shutdown.clone(),
+    )?;
+
+    let node_status = settings
+        .facts
+        .node_status(host_ip.as_deref(), settings.started_unix);
+    let publisher = Publisher {
+        client: client.clone(),
+        topics: topics.clone(),
+    };
+    let mut coalescer = ReportCoalescer::new();
+    let mut heartbeat_at = Instant::now() + settings.heartbeat;
+    let mut retry_at: Option<Instant> = None;
+    let mut last_epoch = 0;
+    let (mut received_open, mut connection_open, mut snapshots_open) = (true, true, true);
+
+    loop {
+        let mut report: Option<NodeReport> = None;
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            changed = received.changed(), if received_open => {
+                if changed.is_err() {
+                    received_open = false;
+                    continue;
+                }
+                let Some(new) = received.borrow_and_update().clone() else { continue };
+                let current = accepted.as_ref().map_or(0, |d| d.generation);
+                if new.desired.generation < current {
+                    info!(received = new.desired.generation, applied = current, "ignoring a desired state older than the one applied");
+                    continue;
+                }
+                if accepted.as_deref() == Some(&new.desired) {
+                    debug!(generation = current, "desired state unchanged");
+                    continue;
+                }
+                let dir = settings.state_dir.clone();
+                let payload = new.payload;
+                match tokio::task::spawn_blocking(move || state::save_desired(&dir, &payload)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!(error = %e, "cannot save the desired state; applying it anyway (it will be lost at reboot)"),
+                    Err(e) => error!(error = %e, "saving the desired state failed; applying it anyway"),
+                }
+                info!(generation = new.desired.generation, pods = new.desired.pods.len(), "applying desired state");
+                let desired = Arc::new(new.desired);
+                accepted = Some(Arc::clone(&desired));
+                sync_tx.send_replace(Some(desired));
+            }
+            changed = connection.changed(), if connection_open => {
+                if changed.is_err() {
+                    connection_open = false;
+                    continue;
+                }
+                let now = *connection.borrow_and_update();
+                if now.connected && now.epoch != last_epoch {
+                    last_epoch = now.epoch;
+                    publisher.on_connect(&settings, coalescer.applied_generation());
+                    report = coalescer.connected();
+                } else if !now.connected {
+                    coalescer.disconnected();
+                }
+            }
+            changed = snapshots.changed(), if snapshots_open => {
+                if changed.is_err() {
+                    snapshots_open = false;
+                    continue;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                if snapshot.passes > 0 {
+                    report = coalescer.update(ReportState {
+                        applied_generation: snapshot.applied_generation,
+                        node_status: node_status.clone(),
+                        pods: snapshot.pods,
+                    });
+                }
+            }
+            _ = tokio::time::sleep_until(heartbeat_at) => {
+                heartbeat_at = Instant::now() + settings.heartbeat;
+                report = coalescer.heartbeat();
+            }
+            _ = sleep_until_opt(retry_at) => {
+                retry_at = None;
+                if coalescer.pending() {
+                    report = coalescer.heartbeat();
+                }
+            }
+        }
+        if let Some(report) = report {
+            if publisher.report(&report) {
+                heartbeat_at = Instant::now() + settings.heartbeat;
+            } else {
+                coalescer.publish_failed();
+                retry_at = Some(Instant::now() + RETRY_DELAY);
+            }
+        }
+    }
+
+    // Shutdown: say goodbye while connected, then disconnect cleanly.
+    if connection.borrow().connected {
+        publisher.presence(&Presence::Offline);
+        if let Err(e) = client.try_disconnect() {
+            debug!(error = %e, "cannot queue the mqtt disconnect");
+        }
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, poller).await.is_err() {
+        warn!("the mqtt link did not stop in time");
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, sync_task).await.is_err() {
+        warn!("the sync loop did not stop in time");
+    }
+    info!("node agent stopped");
+    Ok(())
+}
+
+/// Publishes through the client without ever waiting on the poller.
+struct Publisher {
+    client: rumqttc::AsyncClient,
+    topics: link::Topics,
+}
+
+impl Publisher {
+    fn on_connect(&self, settings: &NodeSettings, applied_generation: u64) {
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.topics.desired.clone(), QoS::AtLeastOnce)
+        {
+            warn!(error = %e, "cannot subscribe to the desired state");
+        }
+        self.presence(&Presence::Online {
+            agent_version: settings.facts.node.agent_version.clone(),
+            boot_id: settings.facts.node.boot_id.clone(),
+            applied_generation,
+        });
+    }
+
+    fn presence(&self, presence: &Presence) {
+        match wire::encode(&Message::Presence(presence.clone())) {
+            Ok(payload) => {
+                if let Err(e) = self.client.try_publish(
+                    self.topics.presence.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    payload,
+                ) {
+                    warn!(error = %e, "cannot publish presence");
+                }
+            }
+            Err(e) => error!(error = %e, "cannot encode presence"),
+        }
+    }
+
+    /// Queue a report; false when it could not be queued.
+    fn report(&self, report: &NodeReport) -> bool {
+        let payload = match wire::encode(&Message::Report(report.clone())) {
+            Ok(payload) => payload,
+            Err(e) => {
+                error!(error = %e, "cannot encode report");
+                // Retrying the same state would fail the same way.
+                return true;
+            }
+        };
+        match self
+            .client
+            .try_publish(self.topics.report.clone(), QoS::AtLeastOnce, false, payload)
+        {
+            Ok(()) => {
+                debug!(
+                    seq = report.seq,
+                    full = report.full,
+                    pods = report.pod_statuses.len(),
+                    applied_generation = report.applied_generation,
+                    "report queued"
+                );
+                true
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot queue report; retrying");
+                false
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

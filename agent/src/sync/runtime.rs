@@ -1,0 +1,92 @@
+//! [`PodRuntime`]: what the sync loop needs from a container runtime.
+//!
+//! The trait is level-triggered and pod-granular, the same shape as the real
+//! libcontainer runtime's blocking `runtime::Runtime` trait (branch
+//! `h-runtime`), so that runtime plugs in through a thin adapter that runs
+//! each call in `spawn_blocking`:
+//!
+//! | sync loop calls | when | the runtime |
+//! |---|---|---|
+//! | [`sync_pod`](PodRuntime::sync_pod) | a pod that should run is new or changed (resource version, referenced configs) | creates or updates the pod and from then on drives it on its own: starts containers, restarts them per `restartPolicy`; returns the status now |
+//! | [`pod_status`](PodRuntime::pod_status) | every pass, for every desired pod | the pod's current status, `None` if unknown |
+//! | [`kill_pod`](PodRuntime::kill_pod) | a pod is marked deleting, or is gone from the desired state | SIGTERM, wait up to the grace period, SIGKILL; removes processes, cgroups, mounts and netns but keeps logs; forgets the pod; unknown pods are not an error |
+//! | [`forget_pod`](PodRuntime::forget_pod) | a pod's object is gone from the desired state (after `kill_pod`) | drops what was kept (logs) |
+//! | [`list_pods`](PodRuntime::list_pods) | every pass | the UIDs of every pod it knows, including pods a previous agent process left running and the runtime re-adopted at construction |
+//!
+//! The runtime computes each pod's `PodStatus` itself (phase, conditions,
+//! container states); the sync loop only adds what the node knows (`hostIP`,
+//! `startTime` when missing, `PodScheduled`).
+//!
+//! Every method may be called concurrently from several tasks; a `kill_pod`
+//! may take the whole grace period, so the sync loop runs it in a task of
+//! its own. Implementations must not block the async worker: blocking work
+//! goes to `spawn_blocking` or a thread of the runtime's own.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bramble_common::api::{ConfigMap, Pod, PodStatus, Secret};
+
+/// The desired state of one pod, with the ConfigMaps and Secrets it may
+/// reference. Same fields as `runtime::PodDesired` of the real runtime.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodDesired {
+    /// The pod (`metadata.uid` identifies it).
+    pub pod: Pod,
+    /// ConfigMaps of the pod's namespace, by name.
+    pub config_maps: BTreeMap<String, ConfigMap>,
+    /// Secrets of the pod's namespace, by name.
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+impl PodDesired {
+    /// The pod's UID (empty if unset).
+    pub fn uid(&self) -> &str {
+        self.pod.metadata.uid.as_deref().unwrap_or("")
+    }
+}
+
+/// Why a runtime call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The runtime cannot run this pod as specified (the message says why
+    /// and what to change). The sync loop reports the pod `Failed`.
+    #[error("{0}")]
+    InvalidPod(String),
+    /// The call failed; the sync loop retries on its next pass.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the sync loop needs from a container runtime; see the module
+/// documentation for when each method is called.
+pub trait PodRuntime: Send + Sync + 'static {
+    /// Make the runtime run `desired` (create it, or update it to a new
+    /// resource version) and return its status now. Idempotent.
+    fn sync_pod(
+        &self,
+        desired: &PodDesired,
+    ) -> impl Future<Output = Result<PodStatus, RuntimeError>> + Send;
+
+    /// The current status of pod `uid`, or `None` when the runtime does not
+    /// know it.
+    fn pod_status(&self, uid: &str) -> impl Future<Output = Option<PodStatus>> + Send;
+
+    /// Stop pod `uid`: SIGTERM, up to `grace` (`None`: the pod's
+    /// `terminationGracePeriodSeconds`, default 30 s), then SIGKILL, and
+    /// remove everything but its logs. Unknown pods are not an error.
+    fn kill_pod(
+        &self,
+        uid: &str,
+        grace: Option<Duration>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Drop what is left of pod `uid` after [`PodRuntime::kill_pod`] (its
+    /// logs): the pod object is gone. Unknown pods are not an error.
+    fn forget_pod(&self, uid: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The UIDs of every pod the runtime knows.
+    fn list_pods(&self) -> impl Future<Output = Vec<String>> + Send;
+}
