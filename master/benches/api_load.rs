@@ -115,7 +115,14 @@ fn main() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let data = dir.path().join("data");
     let mut child = Command::new(bin)
-        .args(["master", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("BRAMBLE_LOG", "warn,bramble_master=info")
         .stderr(Stdio::piped())

@@ -150,7 +150,7 @@ fn kubectl_create_patch_selectors_and_status_subresource() {
     let pod = master.data_dir.join("pod.yaml");
     std::fs::write(
         &pod,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  labels: {app: web, tier: front}\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    env:\n    - {name: A, value: '1'}\n    - {name: B, value: '2'}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  labels: {app: web, tier: front}\nspec:\n  schedulerName: manual\n  containers:\n  - name: c\n    image: busybox:1.36\n    env:\n    - {name: A, value: '1'}\n    - {name: B, value: '2'}\n",
     )
     .expect("write");
     ok(master.kubectl(&["create", "-f", pod.to_str().expect("path")]));
@@ -591,7 +591,14 @@ fn a_corrupt_or_foreign_store_is_refused_and_left_alone() {
         .collect();
     std::fs::write(&db, &garbage).expect("write");
     let out = Command::new(support::bramble_bin())
-        .args(["master", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("run master");
@@ -628,6 +635,31 @@ fn a_busy_port_names_the_flag() {
     let err = stderr(&out);
     assert!(
         err.contains("--listen") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_busy_mqtt_port_names_the_flag() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(support::bramble_bin())
+        .args([
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run master");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--mqtt-listen") && err.contains(&port.to_string()),
         "{err}"
     );
 }

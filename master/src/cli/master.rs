@@ -34,6 +34,24 @@ pub struct MasterArgs {
     /// Watch events kept for clients resuming a watch [default: 10000].
     #[arg(long)]
     pub event_log_capacity: Option<usize>,
+    /// Address of the embedded MQTT broker [default: 0.0.0.0:1883].
+    #[arg(long)]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Use this external MQTT broker (mqtt://HOST:PORT) instead of the embedded one.
+    #[arg(long)]
+    pub mqtt_url: Option<String>,
+    /// User name on the external broker.
+    #[arg(long)]
+    pub mqtt_username: Option<String>,
+    /// Password on the external broker (or set BRAMBLE_MQTT_PASSWORD).
+    #[arg(long, env = "BRAMBLE_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// Seconds between agent heartbeats [default: 10].
+    #[arg(long)]
+    pub heartbeat_seconds: Option<u32>,
+    /// Missed heartbeats after which a node is NotReady [default: 3].
+    #[arg(long)]
+    pub missed_heartbeats: Option<u32>,
     /// Load and check the configuration, print it and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -58,6 +76,66 @@ pub struct MasterConfig {
     /// See `--event-log-capacity`.
     #[serde(default = "default_event_log_capacity")]
     pub event_log_capacity: usize,
+    /// See `--mqtt-listen`.
+    #[serde(default = "default_mqtt_listen")]
+    pub mqtt_listen: SocketAddr,
+    /// See `--mqtt-url`.
+    #[serde(default)]
+    pub mqtt_url: Option<String>,
+    /// See `--mqtt-username`.
+    #[serde(default)]
+    pub mqtt_username: Option<String>,
+    /// See `--mqtt-password`.
+    #[serde(default)]
+    pub mqtt_password: Option<String>,
+    /// See `--heartbeat-seconds`.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u32,
+    /// See `--missed-heartbeats`.
+    #[serde(default = "default_missed_heartbeats")]
+    pub missed_heartbeats: u32,
+    /// Cluster DNS address sent to nodes.
+    #[serde(default = "default_cluster_dns")]
+    pub cluster_dns: String,
+    /// Service address range sent to nodes.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+}
+
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+fn default_heartbeat_seconds() -> u32 {
+    10
+}
+fn default_missed_heartbeats() -> u32 {
+    3
+}
+fn default_cluster_dns() -> String {
+    "10.96.0.10".into()
+}
+fn default_service_cidr() -> String {
+    "10.96.0.0/16".into()
+}
+
+/// An external broker address, `mqtt://HOST:PORT`.
+fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+        format!("--mqtt-url {url:?}: use mqtt://HOST:PORT (mqtts is not supported yet)")
+    })?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("--mqtt-url {url:?}: the port is not a number"))?,
+        ),
+        None => (rest.to_string(), 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("--mqtt-url {url:?}: no host"));
+    }
+    Ok((host, port))
 }
 
 fn default_event_log_capacity() -> usize {
@@ -98,6 +176,30 @@ impl MasterConfig {
         if let Some(capacity) = args.event_log_capacity {
             config.event_log_capacity = capacity;
         }
+        if let Some(listen) = args.mqtt_listen {
+            config.mqtt_listen = listen;
+        }
+        if args.mqtt_url.is_some() {
+            config.mqtt_url = args.mqtt_url.clone();
+        }
+        if args.mqtt_username.is_some() {
+            config.mqtt_username = args.mqtt_username.clone();
+        }
+        if args.mqtt_password.is_some() {
+            config.mqtt_password = args.mqtt_password.clone();
+        }
+        if let Some(h) = args.heartbeat_seconds {
+            config.heartbeat_seconds = h;
+        }
+        if let Some(m) = args.missed_heartbeats {
+            config.missed_heartbeats = m;
+        }
+        if config.heartbeat_seconds == 0 || config.missed_heartbeats == 0 {
+            return Err("heartbeat-seconds and missed-heartbeats must be at least 1".into());
+        }
+        if let Some(url) = &config.mqtt_url {
+            parse_mqtt_url(url)?;
+        }
         if config.event_log_capacity == 0 {
             return Err("event-log-capacity must be at least 1".into());
         }
@@ -132,6 +234,12 @@ pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
         println!("cluster-name = {:?}", config.cluster_name);
         println!("tls-san = {:?}", config.tls_san);
         println!("event-log-capacity = {}", config.event_log_capacity);
+        match &config.mqtt_url {
+            Some(url) => println!("mqtt-url = {url:?}"),
+            None => println!("mqtt-listen = \"{}\"", config.mqtt_listen),
+        }
+        println!("heartbeat-seconds = {}", config.heartbeat_seconds);
+        println!("missed-heartbeats = {}", config.missed_heartbeats);
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
@@ -226,7 +334,47 @@ async fn run(config: MasterConfig) -> Result<(), String> {
         node_registration: tokio::sync::Mutex::new(()),
     });
     let app = api::router(state);
+
+    // Stop everything on the first SIGINT/SIGTERM.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mqtt = start_mqtt(&config, &store, stopped.clone()).await?;
+    let health = Arc::new(crate::controllers::node_lifecycle::NodeHealth::default());
+    let settings = crate::dispatch::ClusterSettings {
+        cluster_name: config.cluster_name.clone(),
+        cluster_dns: config.cluster_dns.clone(),
+        service_cidr: config.service_cidr.clone(),
+        heartbeat_seconds: config.heartbeat_seconds,
+    };
+    tokio::spawn(crate::dispatch::run(
+        store.clone(),
+        crate::dispatch::DispatchOptions {
+            settings,
+            endpoint: mqtt.clone(),
+            debounce: std::time::Duration::from_millis(100),
+        },
+        health.clone(),
+        stopped(),
+    ));
+    tokio::spawn(crate::scheduler::run(store.clone(), stopped()));
+    let silence = std::time::Duration::from_secs(
+        u64::from(config.heartbeat_seconds) * u64::from(config.missed_heartbeats),
+    );
+    tokio::spawn(crate::controllers::node_lifecycle::run(
+        store.clone(),
+        health,
+        silence,
+        stopped(),
+    ));
+    tokio::spawn(watchdog(stopped()));
+
     tracing::info!(
+        mqtt = %format!("{}:{}", mqtt.host, mqtt.port),
         listen = %local,
         data_dir = %config.data_dir.display(),
         kubeconfig = %credentials.kubeconfig_path.display(),
@@ -234,10 +382,85 @@ async fn run(config: MasterConfig) -> Result<(), String> {
         "bramble master ready"
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    api::server::serve_tls(listener, credentials.tls, app, shutdown_signal()).await;
+    api::server::serve_tls(listener, credentials.tls, app, async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("bramble master stopped");
     Ok(())
+}
+
+/// Start the embedded broker (unless an external one is configured) and
+/// return how the master's own MQTT session reaches it.
+async fn start_mqtt<F, Fut>(
+    config: &MasterConfig,
+    store: &Store,
+    stopped: F,
+) -> Result<crate::dispatch::MqttEndpoint, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let client_id = format!("bramble-master-{}", config.cluster_name);
+    if let Some(url) = &config.mqtt_url {
+        let (host, port) = parse_mqtt_url(url)?;
+        return Ok(crate::dispatch::MqttEndpoint {
+            host,
+            port,
+            username: config.mqtt_username.clone().unwrap_or_default(),
+            password: config.mqtt_password.clone().unwrap_or_default(),
+            client_id,
+        });
+    }
+    let credentials = Arc::new(crate::broker::Credentials::new());
+    let master_token = pki::new_token();
+    credentials.allow(crate::broker::MASTER_USER, pki::token_sha256(&master_token));
+    let tokens = crate::broker::node_tokens(store)
+        .await
+        .map_err(|e| e.to_string())?;
+    credentials.replace_all(tokens, &[crate::broker::MASTER_USER]);
+    let broker =
+        crate::broker::start(config.mqtt_listen, credentials.clone()).map_err(|e| e.to_string())?;
+    let cluster = config.cluster_name.clone();
+    let kick_token = master_token.clone();
+    tokio::spawn(crate::broker::keep_in_step(
+        store.clone(),
+        credentials,
+        move |node| {
+            let client_id = format!("bramble-{cluster}-{node}");
+            tokio::spawn(crate::broker::kick(
+                broker.addr,
+                client_id,
+                kick_token.clone(),
+            ));
+        },
+        stopped(),
+    ));
+    Ok(crate::dispatch::MqttEndpoint {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+        username: crate::broker::MASTER_USER.into(),
+        password: master_token,
+        client_id,
+    })
+}
+
+/// Ping systemd's watchdog (when the unit asks for one) until `stopped`.
+async fn watchdog(stopped: impl std::future::Future<Output = ()>) {
+    let Some(timeout) = sd_notify::watchdog_enabled().filter(|t| !t.is_zero()) else {
+        return;
+    };
+    let period = timeout / 2;
+    tokio::pin!(stopped);
+    loop {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = &mut stopped => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

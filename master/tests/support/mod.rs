@@ -24,6 +24,8 @@ pub struct Master {
     pub kubeconfig: PathBuf,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `host:port` of its MQTT broker.
+    pub mqtt: String,
     /// Everything it printed on stderr so far.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -37,6 +39,8 @@ impl Master {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--mqtt-listen")
             .arg("127.0.0.1:0")
             .args(extra)
             .env("BRAMBLE_LOG", "info")
@@ -56,16 +60,17 @@ impl Master {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
+        let (addr, mqtt) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains("bramble master ready") => {
-                    let addr = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("listen="))
-                        .expect("listen= in the ready line")
-                        .to_string();
-                    break addr;
+                    let field = |name: &str| {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix(name))
+                            .unwrap_or_else(|| panic!("{name} in the ready line: {line}"))
+                            .to_string()
+                    };
+                    break (field("listen="), field("mqtt="));
                 }
                 Ok(_) => continue,
                 Err(_) => {
@@ -83,6 +88,7 @@ impl Master {
             data_dir: data_dir.to_path_buf(),
             kubeconfig: data_dir.join("admin.kubeconfig"),
             addr,
+            mqtt,
             log,
         }
     }
