@@ -243,7 +243,7 @@ pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

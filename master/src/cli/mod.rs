@@ -70,6 +70,10 @@ pub enum Command {
 /// Parse the command line and run the chosen subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Master(_)) {
+        // Not for the daemon: a closed log pipe must not kill it.
+        restore_default_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -109,6 +113,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Let `bramble get ... | head` end quietly when the reader goes away, as
+/// Unix tools do (Rust ignores SIGPIPE, so `println!` would panic instead).
+#[allow(unsafe_code)]
+fn restore_default_sigpipe() {
+    // SAFETY: called at the start of main, before any thread exists; setting
+    // the disposition of SIGPIPE to its default has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

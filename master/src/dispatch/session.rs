@@ -76,6 +76,7 @@ async fn poll(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut logged_down = false;
+    let mut ever_connected = false;
     loop {
         let event = tokio::select! {
             event = event_loop.poll() => event,
@@ -84,6 +85,7 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
+                ever_connected = true;
                 if logged_down {
                     tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "reconnected to the MQTT broker");
                 }
@@ -109,9 +111,11 @@ async fn poll(
             }
             Ok(_) => {}
             Err(error) => {
-                if !logged_down {
+                if !logged_down && ever_connected {
                     tracing::warn!(%error, broker = %format!("{}:{}", endpoint.host, endpoint.port), "MQTT connection lost; retrying");
                     logged_down = true;
+                } else if !ever_connected && backoff.attempts() == 5 {
+                    tracing::warn!(%error, broker = %format!("{}:{}", endpoint.host, endpoint.port), "cannot connect to the MQTT broker yet; still trying");
                 }
                 let delay = backoff.next_delay(rand::random::<f64>());
                 tokio::select! {
