@@ -52,6 +52,15 @@ pub struct MasterArgs {
     /// Missed heartbeats after which a node is NotReady [default: 3].
     #[arg(long)]
     pub missed_heartbeats: Option<u32>,
+    /// Also run an agent on this machine (node named after the host), like `k3s server`.
+    #[arg(long)]
+    pub local_agent: bool,
+    /// Runtime of the local agent: `real` (containers) or `sim` (simulated pods).
+    #[arg(long, default_value = "real")]
+    pub local_agent_runtime: String,
+    /// The agent binary for --local-agent [default: bramble-agent beside bramble].
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
     /// Load and check the configuration, print it and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -249,7 +258,16 @@ pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match runtime.block_on(run(config)) {
+    let local_agent = args.local_agent.then(|| super::local_agent::LocalAgent {
+        binary: args
+            .agent_bin
+            .clone()
+            .unwrap_or_else(super::local_agent::default_binary),
+        node: super::local_agent::default_node_name(),
+        runtime: args.local_agent_runtime.clone(),
+        state_dir: config.data_dir.join("agent"),
+    });
+    match runtime.block_on(run(config, local_agent)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -294,7 +312,10 @@ async fn ensure_builtin_namespaces(store: &Store) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(config: MasterConfig) -> Result<(), String> {
+async fn run(
+    config: MasterConfig,
+    local_agent: Option<super::local_agent::LocalAgent>,
+) -> Result<(), String> {
     create_data_dir(&config.data_dir)?;
     let db_path = config.data_dir.join("store.redb");
     let store = {
@@ -343,7 +364,7 @@ async fn run(config: MasterConfig) -> Result<(), String> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let mqtt = start_mqtt(&config, &store, stopped.clone()).await?;
+    let (mqtt, broker_credentials) = start_mqtt(&config, &store, stopped.clone()).await?;
     let health = Arc::new(crate::controllers::node_lifecycle::NodeHealth::default());
     let settings = crate::dispatch::ClusterSettings {
         cluster_name: config.cluster_name.clone(),
@@ -372,6 +393,19 @@ async fn run(config: MasterConfig) -> Result<(), String> {
         stopped(),
     ));
     tokio::spawn(watchdog(stopped()));
+    if local_agent.is_some() && config.mqtt_url.is_some() {
+        tracing::warn!("--local-agent with an external broker: the agent's token must also be accepted by that broker");
+    }
+    if let Some(agent) = local_agent {
+        tokio::spawn(super::local_agent::run(
+            agent,
+            store.clone(),
+            mqtt.port,
+            config.cluster_name.clone(),
+            broker_credentials,
+            stopped(),
+        ));
+    }
 
     tracing::info!(
         mqtt = %format!("{}:{}", mqtt.host, mqtt.port),
@@ -398,7 +432,13 @@ async fn start_mqtt<F, Fut>(
     config: &MasterConfig,
     store: &Store,
     stopped: F,
-) -> Result<crate::dispatch::MqttEndpoint, String>
+) -> Result<
+    (
+        crate::dispatch::MqttEndpoint,
+        Option<Arc<crate::broker::Credentials>>,
+    ),
+    String,
+>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -406,13 +446,14 @@ where
     let client_id = format!("bramble-master-{}", config.cluster_name);
     if let Some(url) = &config.mqtt_url {
         let (host, port) = parse_mqtt_url(url)?;
-        return Ok(crate::dispatch::MqttEndpoint {
+        let endpoint = crate::dispatch::MqttEndpoint {
             host,
             port,
             username: config.mqtt_username.clone().unwrap_or_default(),
             password: config.mqtt_password.clone().unwrap_or_default(),
             client_id,
-        });
+        };
+        return Ok((endpoint, None));
     }
     let credentials = Arc::new(crate::broker::Credentials::new());
     let master_token = pki::new_token();
@@ -427,7 +468,7 @@ where
     let kick_token = master_token.clone();
     tokio::spawn(crate::broker::keep_in_step(
         store.clone(),
-        credentials,
+        credentials.clone(),
         move |node| {
             let client_id = format!("bramble-{cluster}-{node}");
             tokio::spawn(crate::broker::kick(
@@ -438,13 +479,14 @@ where
         },
         stopped(),
     ));
-    Ok(crate::dispatch::MqttEndpoint {
+    let endpoint = crate::dispatch::MqttEndpoint {
         host: "127.0.0.1".into(),
         port: broker.addr.port(),
         username: crate::broker::MASTER_USER.into(),
         password: master_token,
         client_id,
-    })
+    };
+    Ok((endpoint, Some(credentials)))
 }
 
 /// Ping systemd's watchdog (when the unit asks for one) until `stopped`.

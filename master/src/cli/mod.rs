@@ -4,6 +4,7 @@
 mod apply;
 pub mod client;
 mod get;
+mod local_agent;
 mod master;
 mod node;
 mod output;
