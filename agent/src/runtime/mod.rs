@@ -24,6 +24,7 @@
 //! `Arc<dyn Runtime>`. The trait is object safe so a simulated runtime can
 //! implement it too.
 
+pub mod adapter;
 mod backoff;
 pub mod hostcheck;
 mod linux;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use bramble_common::api::{ConfigMap, Pod, PodStatus, Secret};
 
+pub use adapter::LinuxPodRuntime;
 pub use backoff::{Backoff, RestartPolicy, INITIAL_BACKOFF, MAX_BACKOFF, RESET_AFTER};
 pub use linux::LinuxRuntime;
 pub use probes::{ProbeOutcome, ProbeTracker};
