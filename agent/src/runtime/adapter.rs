@@ -208,10 +208,8 @@ impl PodRuntime for LinuxPodRuntime {
             if applied.as_ref().map(|a| a.0) != Some(cidr) {
                 let mut config = NodeNetConfig::new(cidr);
                 config.node_address = node_address;
-                let state = network.ensure_node(&config)?;
-                if !state.repaired.is_empty() {
-                    info!(bridge = %state.bridge, gateway = %state.gateway, mtu = state.mtu, repaired = ?state.repaired, "pod network set up");
-                }
+                // ensure_node logs what it created or repaired.
+                network.ensure_node(&config)?;
             }
             if applied.as_ref().map(|a| &a.1) != Some(&peers) {
                 let changes = network.sync_routes(&peers)?;
