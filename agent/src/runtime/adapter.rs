@@ -56,6 +56,8 @@ pub struct LinuxPodRuntime {
     node_address: Option<Ipv4Addr>,
     run_dir: PathBuf,
     net: Arc<Mutex<NetState>>,
+    /// Makes a pod's netns ([`netns::create`]; a no-op in unit tests).
+    create_netns: fn(&Path) -> std::io::Result<()>,
 }
 
 impl std::fmt::Debug for LinuxPodRuntime {
@@ -124,6 +126,7 @@ impl LinuxPodRuntime {
             node_address,
             run_dir,
             net: Arc::new(Mutex::new(NetState::default())),
+            create_netns: netns::create,
         }
     }
 
@@ -159,11 +162,12 @@ impl LinuxPodRuntime {
 /// Creates the pod's netns (the runtime adopts it) and wires it.
 fn setup_pod_network(
     network: &dyn PodNetwork,
+    create_netns: fn(&Path) -> std::io::Result<()>,
     uid: &str,
     path: &Path,
     host_ports: &[HostPort],
 ) -> Result<PodNetStatus, SyncError> {
-    netns::create(path).map_err(|e| {
+    create_netns(path).map_err(|e| {
         SyncError::Failed(format!("cannot create the pod's network namespace: {e}"))
     })?;
     network
@@ -265,8 +269,9 @@ impl PodRuntime for LinuxPodRuntime {
                     .map_err(|e| SyncError::InvalidPod(e.to_string()))?;
                 let path = self.netns_path(&uid);
                 let pod_uid = uid.clone();
+                let create_netns = self.create_netns;
                 let net = blocking(move || {
-                    setup_pod_network(network.as_ref(), &pod_uid, &path, &host_ports)
+                    setup_pod_network(network.as_ref(), create_netns, &pod_uid, &path, &host_ports)
                 })
                 .await??;
                 lock(&self.net).pods.insert(uid.clone(), net);
@@ -323,5 +328,148 @@ impl PodRuntime for LinuxPodRuntime {
         blocking(move || runtime.list_pods().into_iter().map(|p| p.uid).collect())
             .await
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+
+    use bramble_common::api::{Container, Pod, PodSpec};
+    use bramble_common::meta::ObjectMeta;
+    use bramble_common::wire::NodeConfig;
+
+    use super::*;
+    use crate::network::fake::RecordingNetwork;
+    use crate::runtime::PodSummary;
+
+    /// A runtime that remembers the pods handed to it.
+    #[derive(Default)]
+    struct FakeRuntime {
+        pods: Mutex<BTreeMap<String, PodStatus>>,
+    }
+
+    impl Runtime for FakeRuntime {
+        fn sync_pod(&self, desired: &PodDesired) -> Result<PodStatus, RuntimeError> {
+            let status = PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            };
+            lock(&self.pods).insert(desired.uid().to_owned(), status.clone());
+            Ok(status)
+        }
+        fn kill_pod(&self, pod_uid: &str, _grace: Option<Duration>) -> Result<(), RuntimeError> {
+            lock(&self.pods).remove(pod_uid);
+            Ok(())
+        }
+        fn pod_status(&self, pod_uid: &str) -> Option<PodStatus> {
+            lock(&self.pods).get(pod_uid).cloned()
+        }
+        fn list_pods(&self) -> Vec<PodSummary> {
+            lock(&self.pods)
+                .keys()
+                .map(|uid| PodSummary {
+                    uid: uid.clone(),
+                    namespace: "default".into(),
+                    name: uid.clone(),
+                })
+                .collect()
+        }
+        fn adopt_existing(&self) -> Result<Vec<String>, RuntimeError> {
+            Ok(Vec::new())
+        }
+        fn remove_pod_logs(&self, _pod_uid: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn log_path(&self, _pod_uid: &str, _container: &str) -> Option<PathBuf> {
+            None
+        }
+    }
+
+    fn pod(uid: &str, host_network: bool) -> PodDesired {
+        PodDesired {
+            pod: Pod {
+                metadata: ObjectMeta {
+                    name: Some(uid.into()),
+                    namespace: Some("default".into()),
+                    uid: Some(uid.into()),
+                    ..ObjectMeta::default()
+                },
+                spec: PodSpec {
+                    containers: vec![Container {
+                        name: "main".into(),
+                        image: "busybox".into(),
+                        ..Container::default()
+                    }],
+                    host_network: Some(host_network),
+                    ..PodSpec::default()
+                },
+                ..Pod::default()
+            },
+            ..PodDesired::default()
+        }
+    }
+
+    fn adapter(network: Arc<RecordingNetwork>) -> (Arc<FakeRuntime>, LinuxPodRuntime) {
+        let runtime = Arc::new(FakeRuntime::default());
+        let mut adapter = LinuxPodRuntime::new(
+            runtime.clone(),
+            Some(network),
+            None,
+            PathBuf::from("/nonexistent/run"),
+        );
+        adapter.create_netns = |_| Ok(());
+        (runtime, adapter)
+    }
+
+    fn node(pod_cidr: &str) -> NodeDesired {
+        NodeDesired {
+            generation: 1,
+            node_config: NodeConfig {
+                pod_cidr: pod_cidr.into(),
+                ..NodeConfig::default()
+            },
+            ..NodeDesired::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pods_get_an_address_and_exhaustion_keeps_them_out_of_the_runtime() {
+        let network = Arc::new(RecordingNetwork::new());
+        let (runtime, adapter) = adapter(network.clone());
+        // A /30 holds the gateway and one pod.
+        adapter.sync_node(&node("10.244.9.0/30")).await;
+        let status = adapter.sync_pod(&pod("a", false)).await.unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.9.2"));
+        assert_eq!(
+            adapter.pod_status("a").await.unwrap().pod_ip.as_deref(),
+            Some("10.244.9.2")
+        );
+        let err = adapter.sync_pod(&pod("b", false)).await.unwrap_err();
+        assert!(
+            matches!(&err, SyncError::Failed(m) if m.contains("no free pod address")),
+            "{err}"
+        );
+        assert!(runtime.pod_status("b").is_none(), "b must not start");
+        // hostNetwork pods need no address.
+        let status = adapter.sync_pod(&pod("h", true)).await.unwrap();
+        assert_eq!(status.pod_ip, None);
+        // Killing a frees its address for b.
+        adapter.kill_pod("a", None).await.unwrap();
+        assert_eq!(adapter.pod_address("a"), None);
+        let status = adapter.sync_pod(&pod("b", false)).await.unwrap();
+        assert!(status.pod_ip.is_some());
+    }
+
+    #[tokio::test]
+    async fn without_a_pod_cidr_pods_run_without_a_pod_network() {
+        let network = Arc::new(RecordingNetwork::new());
+        let (_runtime, adapter) = adapter(network.clone());
+        adapter.sync_node(&node("")).await;
+        let status = adapter.sync_pod(&pod("a", false)).await.unwrap();
+        assert_eq!(status.pod_ip, None);
+        assert!(network.calls().is_empty(), "{:?}", network.calls());
     }
 }

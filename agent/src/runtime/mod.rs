@@ -21,7 +21,8 @@
 //!
 //! Every method may block (file system, waiting for a grace period): from
 //! async code call them through `tokio::task::spawn_blocking` on an
-//! `Arc<dyn Runtime>`. The trait is object safe so a simulated runtime can
+//! `Arc<dyn Runtime>`, as [`adapter::LinuxPodRuntime`] does for the sync
+//! loop (it also wires each pod into the pod network). The trait is object safe so a simulated runtime can
 //! implement it too.
 
 pub mod adapter;
