@@ -12,12 +12,15 @@
 //! heartbeat-seconds = 10                 # optional
 //! ca-file = "/etc/bramble/ca.pem"        # optional, for TLS (mqtts://)
 //! cluster = "bramble"                     # optional, the cluster name in MQTT topics
+//! node-address = "192.168.1.21"          # optional, default: the default route's interface address
+//! network = true                         # optional, false: no pod network (pods get only `lo`)
 //! ```
 //!
 //! Flags override the file. An unknown key in the file is an error that names
 //! the key, and malformed TOML is reported as `file:line:col: message`.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -94,6 +97,8 @@ struct AgentConfigFile {
     heartbeat_seconds: Option<u64>,
     ca_file: Option<PathBuf>,
     cluster: Option<String>,
+    node_address: Option<String>,
+    network: Option<bool>,
 }
 
 /// Values given on the command line; each one that is set wins over the file.
@@ -111,6 +116,10 @@ pub struct ConfigOverrides {
     pub run_dir: Option<PathBuf>,
     /// `--cluster`.
     pub cluster: Option<String>,
+    /// `--node-address`.
+    pub node_address: Option<String>,
+    /// `--no-network` (`Some(false)`).
+    pub network: Option<bool>,
 }
 
 /// Whether the agent talks to the broker in plain TCP or TLS.
@@ -213,6 +222,12 @@ pub struct AgentConfig {
     pub source: Option<PathBuf>,
     /// The cluster's name, as in the MQTT topics (`bramble/{cluster}/...`).
     pub cluster: String,
+    /// The node's `InternalIP`; `None`: the address of the interface that
+    /// holds the default route.
+    pub node_address: Option<Ipv4Addr>,
+    /// Whether pods get their own network (bridge, veth, pod CIDR address);
+    /// off, pods without `hostNetwork` only have a loopback interface.
+    pub network: bool,
 }
 
 /// `Debug` never shows the token.
@@ -228,6 +243,8 @@ impl fmt::Debug for AgentConfig {
             .field("ca_file", &self.ca_file)
             .field("source", &self.source)
             .field("cluster", &self.cluster)
+            .field("node_address", &self.node_address)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -357,6 +374,17 @@ impl AgentConfig {
                 reason: format!("use a value between 1 and {MAX_HEARTBEAT_SECONDS}"),
             });
         }
+        let node_address = match overrides.node_address.clone().or(file.node_address) {
+            None => None,
+            Some(text) => Some(text.trim().parse::<Ipv4Addr>().map_err(|_| {
+                ConfigError::Invalid {
+                    key: "node-address",
+                    value: text.clone(),
+                    reason: "not an IPv4 address: give this node's address on the cluster network, e.g. 192.168.1.10, or leave it out to use the address of the default route's interface".into(),
+                }
+            })?),
+        };
+        let network = overrides.network.or(file.network).unwrap_or(true);
         Ok(Self {
             master,
             node,
@@ -367,6 +395,8 @@ impl AgentConfig {
             ca_file: file.ca_file,
             source,
             cluster,
+            node_address,
+            network,
         })
     }
 
@@ -397,6 +427,10 @@ impl AgentConfig {
         ));
         out.push_str(&format!("heartbeat-seconds = {}\n", self.heartbeat_seconds));
         out.push_str(&format!("cluster = {}\n", toml_string(&self.cluster)));
+        if let Some(address) = &self.node_address {
+            out.push_str(&format!("node-address = \"{address}\"\n"));
+        }
+        out.push_str(&format!("network = {}\n", self.network));
         if let Some(ca) = &self.ca_file {
             out.push_str(&format!(
                 "ca-file = {}\n",
@@ -524,6 +558,32 @@ mod tests {
         let c = AgentConfig::from_toml(Path::new("a.toml"), GOOD, &o).expect("valid");
         assert_eq!(c.cluster, "lab");
         assert!(parse(&format!("{GOOD}cluster = \"a/b\"\n")).is_err());
+    }
+
+    #[test]
+    fn node_address_and_network_keys() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.node_address, None);
+        assert!(c.network);
+        let c = parse(&format!(
+            "{GOOD}node-address = \"192.168.1.21\"\nnetwork = false\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.node_address, Some(Ipv4Addr::new(192, 168, 1, 21)));
+        assert!(!c.network);
+        let again = parse(&c.to_redacted_toml()).expect("round trip");
+        assert_eq!(again.node_address, c.node_address);
+        assert!(!again.network);
+        let err = parse(&format!("{GOOD}node-address = \"pi\"\n")).expect_err("invalid");
+        assert!(err.to_string().contains("node-address"), "{err}");
+        let o = ConfigOverrides {
+            network: Some(false),
+            node_address: Some("10.0.0.2".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::from_toml(Path::new("a.toml"), GOOD, &o).expect("valid");
+        assert!(!c.network);
+        assert_eq!(c.node_address, Some(Ipv4Addr::new(10, 0, 0, 2)));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! - [`link`]: the MQTT session with the master, and report coalescing.
 //! - [`sync`]: the reconcile loop, desired pods vs the runtime, and the
 //!   [`sync::PodRuntime`] trait every runtime implements.
-//! - [`runtime`]: runtimes: the real one (libcontainer, per-container shims)
-//!   and [`runtime::sim`], the simulated one.
+//! - [`runtime`]: runtimes: the real one (libcontainer, per-container shims;
+//!   [`runtime::LinuxPodRuntime`] puts it and the pod network behind the
+//!   sync loop's trait, the default) and [`runtime::sim`], the simulated one.
 //! - [`images`]: the local OCI image store.
 //! - [`network`]: pod networking (bridge, veth, IPAM, routes, nftables).
 //! - [`node`]: one node's agent, wiring link, state and sync together.

@@ -5,8 +5,14 @@
 //! facts, local desired state, then the MQTT link and the sync loop, until
 //! SIGINT or SIGTERM (a second signal forces the exit).
 //!
-//! `--runtime sim` selects the simulated runtime; the real one is not built
-//! in yet. `--sim-nodes N --sim-credentials FILE` runs N simulated nodes in
+//! The real runtime (libcontainer, the default) checks the host, imports
+//! the images in `{state-dir}/preload`, re-adopts the containers a previous
+//! agent left running, and wires pods into the pod network once the master
+//! assigned the node a pod CIDR (`--no-network` leaves pods with only `lo`).
+//! `bramble-agent image import FILE | ls | rm REF` manage the local image
+//! store; `bramble-agent reset` removes the pod network from the host.
+//!
+//! `--runtime sim` selects the simulated runtime. `--sim-nodes N --sim-credentials FILE` runs N simulated nodes in
 //! one process (like kubemark or kwok), a test and benchmark tool: each node
 //! has its own MQTT session, with the name and token of one line `NAME TOKEN`
 //! of FILE (what `bramble node add --count N --prefix sim-` prints), and its
@@ -20,17 +26,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bramble_agent::config::{AgentConfig, ConfigOverrides, DEFAULT_CONFIG_PATH};
+use bramble_agent::config::{
+    AgentConfig, ConfigOverrides, DEFAULT_CONFIG_PATH, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR,
+};
 use bramble_agent::facts::Facts;
+use bramble_agent::images::ImageStore;
+use bramble_agent::network::{NetlinkNetwork, NetworkOptions, PodNetwork};
 use bramble_agent::node::{self, NodeSettings};
+use bramble_agent::runtime::hostcheck::check_host;
 use bramble_agent::runtime::sim::SimRuntime;
+use bramble_agent::runtime::{LinuxPodRuntime, LinuxRuntime, Runtime as _, RuntimeConfig};
 use bramble_agent::shutdown;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit status when the configuration cannot be loaded or is invalid.
 const EXIT_CONFIG: u8 = 1;
-/// Exit status while this build has no real device runtime.
-const EXIT_NOT_BUILT: u8 = 2;
+/// Exit status of a failed subcommand (image, reset).
+const EXIT_COMMAND_FAILED: u8 = 2;
 /// Exit status when the agent fails while running.
 const EXIT_RUN_FAILED: u8 = 3;
 /// Exit status after a second signal forced the exit (128 + SIGINT).
@@ -39,7 +51,7 @@ const EXIT_FORCED: i32 = 130;
 /// Which container runtime runs the pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RuntimeKind {
-    /// Containers through libcontainer (not built into this agent yet).
+    /// Containers through libcontainer.
     Real,
     /// Simulated pods in memory, for tests and benchmarks.
     Sim,
@@ -73,6 +85,12 @@ struct Cli {
     /// Container runtime [default: real; sim with --sim-nodes].
     #[arg(long, value_enum)]
     runtime: Option<RuntimeKind>,
+    /// No pod network: pods without hostNetwork get only a loopback interface.
+    #[arg(long)]
+    no_network: bool,
+    /// This node's InternalIP [default: the address of the default route's interface].
+    #[arg(long, value_name = "IPV4")]
+    node_address: Option<String>,
     /// Test and benchmark tool: run N simulated nodes in this process.
     #[arg(long, value_name = "N", requires = "sim_credentials")]
     sim_nodes: Option<usize>,
@@ -89,6 +107,32 @@ struct Cli {
 enum Command {
     /// Load and validate the configuration, print it with the token redacted.
     CheckConfig,
+    /// Manage the local image store ({state-dir}/images).
+    Image {
+        /// What to do with the image store.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Remove the pod network from the host: pod veths, bridge, routes,
+    /// nftables table, netns mounts. Stop the agent first.
+    Reset,
+}
+
+/// `bramble-agent image ...`.
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Import an OCI layout directory, OCI archive or `docker save` archive.
+    Import {
+        /// The directory or archive (.tar, .tar.gz).
+        file: PathBuf,
+    },
+    /// List the images.
+    Ls,
+    /// Remove an image (by name or ID).
+    Rm {
+        /// The image reference.
+        reference: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,7 +163,18 @@ fn main() -> ExitCode {
         state_dir: cli.state_dir,
         run_dir: cli.run_dir,
         cluster: cli.cluster,
+        node_address: cli.node_address,
+        network: cli.no_network.then_some(false),
     };
+    if let Some(command @ (Command::Image { .. } | Command::Reset)) = &cli.command {
+        return match local_command(command, cli.config.as_deref(), &overrides) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bramble-agent: {e:#}");
+                ExitCode::from(EXIT_COMMAND_FAILED)
+            }
+        };
+    }
     let config = match AgentConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -132,20 +187,19 @@ fn main() -> ExitCode {
             print!("{}", config.to_redacted_toml());
             ExitCode::SUCCESS
         }
+        Some(Command::Image { .. } | Command::Reset) => ExitCode::SUCCESS,
         None => {
             let runtime = cli.runtime.unwrap_or(if sim_nodes.is_some() {
                 RuntimeKind::Sim
             } else {
                 RuntimeKind::Real
             });
-            if runtime == RuntimeKind::Real {
-                eprintln!(
-                    "bramble-agent: the real runtime is not built into this agent yet; use --runtime sim"
-                );
-                return ExitCode::from(EXIT_NOT_BUILT);
+            if runtime == RuntimeKind::Real && sim_nodes.is_some() {
+                eprintln!("bramble-agent: --sim-nodes runs simulated nodes only; leave out --runtime real");
+                return ExitCode::from(EXIT_CONFIG);
             }
             init_tracing();
-            match run(config, sim_nodes) {
+            match run(config, sim_nodes, runtime) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -199,8 +253,165 @@ fn read_sim_credentials(path: &Path, count: usize) -> anyhow::Result<Vec<(String
     Ok(nodes)
 }
 
+/// The directories and node name of the subcommands that work on this
+/// machine only: from the configuration when it loads, else from the flags
+/// and defaults (no master or token needed).
+fn local_dirs(
+    config_path: Option<&Path>,
+    overrides: &ConfigOverrides,
+) -> (PathBuf, PathBuf, Option<String>) {
+    match AgentConfig::load(config_path, overrides) {
+        Ok(config) => (config.state_dir, config.run_dir, Some(config.node)),
+        Err(_) => (
+            overrides
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            overrides
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+            overrides.node.clone(),
+        ),
+    }
+}
+
+/// `image ...` and `reset`.
+fn local_command(
+    command: &Command,
+    config_path: Option<&Path>,
+    overrides: &ConfigOverrides,
+) -> anyhow::Result<()> {
+    let (state_dir, run_dir, node) = local_dirs(config_path, overrides);
+    match command {
+        Command::Image { command } => {
+            let store = ImageStore::open(&state_dir).with_context(|| {
+                format!("cannot open the image store in {}", state_dir.display())
+            })?;
+            match command {
+                ImageCommand::Import { file } => {
+                    let images = store
+                        .import(file)
+                        .with_context(|| format!("cannot import {}", file.display()))?;
+                    for image in images {
+                        println!("imported {} {}", image.short_id(), image.names.join(" "));
+                    }
+                }
+                ImageCommand::Ls => {
+                    println!("{:<14} {:<14} {:>10}  NAMES", "ID", "PLATFORM", "SIZE");
+                    for image in store.list()? {
+                        println!(
+                            "{:<14} {:<14} {:>10}  {}",
+                            image.short_id(),
+                            image.platform,
+                            image.size,
+                            image.names.join(" ")
+                        );
+                    }
+                }
+                ImageCommand::Rm { reference } => {
+                    let image = store
+                        .remove(reference)
+                        .with_context(|| format!("cannot remove image {reference}"))?;
+                    println!("removed {} {}", image.short_id(), image.names.join(" "));
+                }
+            }
+        }
+        Command::Reset => {
+            let node = node.context(
+                "`bramble-agent reset` needs the node name: pass --node NAME or --config FILE",
+            )?;
+            let network = network_for(&node, &state_dir, &run_dir)?;
+            network.reset().context("cannot reset the pod network")?;
+            println!("pod network of node {node} removed");
+        }
+        Command::CheckConfig => {}
+    }
+    Ok(())
+}
+
+/// The pod network of node `node` (state in `{state_dir}/network`, netns in
+/// `{run_dir}/netns`).
+fn network_for(node: &str, state_dir: &Path, run_dir: &Path) -> anyhow::Result<NetlinkNetwork> {
+    let mut options = NetworkOptions::new(state_dir.join("network"), node);
+    options.netns_dir = Some(run_dir.join("netns"));
+    NetlinkNetwork::new(options).context("invalid pod network settings")
+}
+
+/// Everything the real runtime needs before the node runs: host checks,
+/// preloaded images, re-adopted containers, the pod network.
+fn real_runtime(
+    config: &AgentConfig,
+    node_address: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<LinuxPodRuntime> {
+    let host = check_host();
+    for problem in host
+        .problems
+        .iter()
+        .filter(|p| p.as_str() != bramble_agent::runtime::hostcheck::MEMORY_CGROUP_FIX)
+    {
+        tracing::warn!("host check: {problem}");
+    }
+    let runtime = LinuxRuntime::new(RuntimeConfig::new(
+        &config.node,
+        config.state_dir.clone(),
+        config.run_dir.clone(),
+    ))
+    .context("cannot start the container runtime")?;
+    let preload = config.state_dir.join("preload");
+    let imported = runtime.images().import_preload(&preload);
+    if imported > 0 {
+        tracing::info!(images = imported, dir = %preload.display(), "imported preloaded images");
+    }
+    let adopted = runtime
+        .adopt_existing()
+        .context("cannot re-adopt the pods of the previous agent")?;
+    if !adopted.is_empty() {
+        tracing::info!(pods = adopted.len(), "re-adopted running pods");
+    }
+    let network: Option<Arc<dyn PodNetwork>> = if config.network {
+        Some(Arc::new(network_for(
+            &config.node,
+            &config.state_dir,
+            &config.run_dir,
+        )?))
+    } else {
+        tracing::info!("pod network off: pods without hostNetwork get only a loopback interface");
+        None
+    };
+    Ok(LinuxPodRuntime::new(
+        Arc::new(runtime),
+        network,
+        node_address,
+        config.run_dir.clone(),
+    ))
+}
+
+/// Sends `WATCHDOG=1` at half the service's watchdog interval, if systemd
+/// enabled one.
+async fn watchdog(mut shutdown: shutdown::Shutdown) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]) {
+                    tracing::debug!(error = %e, "cannot notify the systemd watchdog");
+                }
+            }
+        }
+    }
+}
+
 /// The run path: facts, then every node's agent until a signal.
-fn run(config: AgentConfig, sim_nodes: Option<Vec<(String, String)>>) -> anyhow::Result<()> {
+fn run(
+    config: AgentConfig,
+    sim_nodes: Option<Vec<(String, String)>>,
+    kind: RuntimeKind,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -236,10 +447,31 @@ fn run(config: AgentConfig, sim_nodes: Option<Vec<(String, String)>>) -> anyhow:
         };
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = Vec::new();
-        for settings in nodes {
-            let runtime = Arc::new(SimRuntime::new());
-            tasks.push(tokio::spawn(node::run(settings, runtime, shutdown.clone())));
+        if kind == RuntimeKind::Real {
+            let node_address = match nodes.first() {
+                Some(settings) => node::node_address(settings).await,
+                None => None,
+            };
+            let config = config.clone();
+            let runtime = tokio::task::spawn_blocking(move || real_runtime(&config, node_address))
+                .await
+                .context("starting the runtime failed")??;
+            let runtime = Arc::new(runtime);
+            for mut settings in nodes {
+                settings.node_address = node_address;
+                tasks.push(tokio::spawn(node::run(
+                    settings,
+                    Arc::clone(&runtime),
+                    shutdown.clone(),
+                )));
+            }
+        } else {
+            for settings in nodes {
+                let runtime = Arc::new(SimRuntime::new());
+                tasks.push(tokio::spawn(node::run(settings, runtime, shutdown.clone())));
+            }
         }
+        tokio::spawn(watchdog(shutdown.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stopping (send the signal again to force)");

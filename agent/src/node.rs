@@ -15,6 +15,7 @@
 //!   coalesced while offline ([`ReportCoalescer`]);
 //! - at shutdown: `Presence::Offline` (retained), then a clean disconnect.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,9 @@ pub struct NodeSettings {
     pub facts: Arc<Facts>,
     /// Unix time the agent started (transition time of node conditions).
     pub started_unix: i64,
+    /// The node's `InternalIP` when configured (`node-address`); otherwise
+    /// the address of the interface holding the default route.
+    pub node_address: Option<Ipv4Addr>,
 }
 
 impl NodeSettings {
@@ -96,6 +100,7 @@ impl NodeSettings {
             backoff: Backoff::default(),
             facts,
             started_unix,
+            node_address: config.node_address,
         })
     }
 }
@@ -107,6 +112,40 @@ pub async fn local_address_towards(host: &str, port: u16) -> Option<String> {
     socket.connect((host, port)).await.ok()?;
     let ip = socket.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then(|| ip.to_string())
+}
+
+/// The address of the interface that holds the default route: the source
+/// address the kernel picks towards a public address (no packet is sent).
+pub async fn default_route_address() -> Option<Ipv4Addr> {
+    let socket = tokio::net::UdpSocket::bind(("0.0.0.0", 0)).await.ok()?;
+    socket.connect(("192.0.2.1", 9)).await.ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+/// The node's `InternalIP`: the configured `node-address`, else the
+/// address of the default route's interface, else the address used to
+/// reach the broker.
+pub async fn node_address(settings: &NodeSettings) -> Option<Ipv4Addr> {
+    if let Some(address) = settings.node_address {
+        return Some(address);
+    }
+    if let Some(address) = default_route_address().await {
+        return Some(address);
+    }
+    local_address_towards(&settings.host, settings.port)
+        .await
+        .and_then(|a| a.parse().ok())
+}
+
+/// Tell systemd the agent is ready (`READY=1`, a no-op outside a
+/// `Type=notify` service).
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        debug!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// Run one node's agent until `shutdown`.
@@ -149,7 +188,7 @@ async fn run_inner<R: PodRuntime>(
     let mut accepted: Option<Arc<NodeDesired>> = loaded.map(Arc::new);
 
     // 2. The sync loop, at once.
-    let host_ip = local_address_towards(&settings.host, settings.port).await;
+    let host_ip = node_address(&settings).await.map(|a| a.to_string());
     let (sync_tx, sync_rx) = watch::channel(accepted.clone());
     let (snapshot_tx, mut snapshots) = watch::channel(SyncSnapshot::default());
     let sync_task = tokio::spawn(
@@ -199,6 +238,7 @@ async fn run_inner<R: PodRuntime>(
     let mut retry_at: Option<Instant> = None;
     let mut last_epoch = 0;
     let (mut received_open, mut connection_open, mut snapshots_open) = (true, true, true);
+    let mut ready_notified = false;
 
     loop {
         let mut report: Option<NodeReport> = None;
@@ -251,6 +291,10 @@ async fn run_inner<R: PodRuntime>(
                     continue;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
+                if snapshot.passes > 0 && !ready_notified {
+                    ready_notified = true;
+                    notify_ready();
+                }
                 if snapshot.passes > 0 {
                     report = coalescer.update(ReportState {
                         applied_generation: snapshot.applied_generation,

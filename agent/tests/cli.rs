@@ -120,18 +120,66 @@ fn invalid_values_are_refused() {
 }
 
 #[test]
-fn running_without_a_subcommand_says_the_runtime_is_missing() {
+fn image_commands_need_no_master_or_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_string_lossy().into_owned();
     let out = agent(&[
-        "--master",
-        "mqtt://a:1883",
-        "--node",
-        "pi-01",
-        "--token",
-        "t",
         "--config",
         "/dev/null",
+        "--state-dir",
+        &state,
+        "image",
+        "ls",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ID"), "{}", text(&out.stdout));
+    assert!(dir.path().join("images").is_dir());
+    let out = agent(&[
+        "--config",
+        "/dev/null",
+        "--state-dir",
+        &state,
+        "image",
+        "rm",
+        "nope:1",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr)
-        .contains("the real runtime is not built into this agent yet; use --runtime sim"));
+    assert!(
+        text(&out.stderr).contains("cannot remove image nope:1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = dir
+        .path()
+        .join("missing.tar")
+        .to_string_lossy()
+        .into_owned();
+    let out = agent(&[
+        "--config",
+        "/dev/null",
+        "--state-dir",
+        &state,
+        "image",
+        "import",
+        &missing,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot import"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn reset_needs_the_node_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_string_lossy().into_owned();
+    let out = agent(&["--config", "/dev/null", "--state-dir", &state, "reset"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--node NAME"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -465,7 +465,15 @@ async fn link_desired_is_saved_before_reports_and_sim_pods_run() {
         .expect("web reported")
         .status()
         .expect("status");
-    assert_eq!(web.host_ip.as_deref(), Some("127.0.0.1"));
+    // hostIP is the node's InternalIP (the default route's interface).
+    let internal_ip = full
+        .node_status
+        .addresses
+        .iter()
+        .find(|(kind, _)| kind == "InternalIP")
+        .map(|(_, address)| address.clone());
+    assert!(internal_ip.is_some(), "{:?}", full.node_status.addresses);
+    assert_eq!(web.host_ip, internal_ip);
     let types: Vec<&str> = web.conditions.iter().map(|c| c.type_.as_str()).collect();
     for wanted in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
         assert!(types.contains(&wanted), "{types:?}");

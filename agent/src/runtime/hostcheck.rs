@@ -44,8 +44,9 @@ impl HostReport {
     }
 }
 
-/// The fix for a missing memory controller on a Raspberry Pi.
-pub const MEMORY_CGROUP_FIX: &str = "the memory cgroup controller is disabled: add `cgroup_enable=memory cgroup_memory=1` to the single line of /boot/firmware/cmdline.txt (/boot/cmdline.txt on older Raspberry Pi OS) and reboot";
+/// The fix for a missing memory controller on a Raspberry Pi: the same
+/// message as the node's `Ready=False` condition ([`crate::facts`]).
+pub const MEMORY_CGROUP_FIX: &str = crate::facts::MESSAGE_MEMORY_CGROUP_MISSING;
 
 /// Enabled cgroup controllers: v2 `cgroup.controllers` plus enabled v1
 /// hierarchies from `/proc/cgroups`.

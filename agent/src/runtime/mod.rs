@@ -21,9 +21,11 @@
 //!
 //! Every method may block (file system, waiting for a grace period): from
 //! async code call them through `tokio::task::spawn_blocking` on an
-//! `Arc<dyn Runtime>`. The trait is object safe so a simulated runtime can
+//! `Arc<dyn Runtime>`, as [`adapter::LinuxPodRuntime`] does for the sync
+//! loop (it also wires each pod into the pod network). The trait is object safe so a simulated runtime can
 //! implement it too.
 
+pub mod adapter;
 mod backoff;
 pub mod hostcheck;
 mod linux;
@@ -41,6 +43,7 @@ use std::time::Duration;
 
 use bramble_common::api::{ConfigMap, Pod, PodStatus, Secret};
 
+pub use adapter::LinuxPodRuntime;
 pub use backoff::{Backoff, RestartPolicy, INITIAL_BACKOFF, MAX_BACKOFF, RESET_AFTER};
 pub use linux::LinuxRuntime;
 pub use probes::{ProbeOutcome, ProbeTracker};

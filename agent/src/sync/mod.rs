@@ -147,6 +147,7 @@ async fn pass<R: PodRuntime>(
     let Some(desired) = desired else {
         return;
     };
+    runtime.sync_node(desired).await;
     let now = pod::rfc3339(SystemTime::now());
     let desired_uids: BTreeSet<&str> = desired.pods.iter().map(|p| p.uid.as_str()).collect();
     for desired_pod in &desired.pods {

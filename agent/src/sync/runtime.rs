@@ -11,6 +11,7 @@
 //! | [`pod_status`](PodRuntime::pod_status) | every pass, for every desired pod | the pod's current status, `None` if unknown |
 //! | [`kill_pod`](PodRuntime::kill_pod) | a pod is marked deleting, or is gone from the desired state | SIGTERM, wait up to the grace period, SIGKILL; removes processes, cgroups, mounts and netns but keeps logs; forgets the pod; unknown pods are not an error |
 //! | [`forget_pod`](PodRuntime::forget_pod) | a pod's object is gone from the desired state (after `kill_pod`) | drops what was kept (logs) |
+//! | [`sync_node`](PodRuntime::sync_node) | every pass with a desired state, before its pods | sets up or repairs the node (pod network, routes); must be cheap when nothing changed |
 //! | [`list_pods`](PodRuntime::list_pods) | every pass | the UIDs of every pod it knows, including pods a previous agent process left running and the runtime re-adopted at construction |
 //!
 //! The runtime computes each pod's `PodStatus` itself (phase, conditions,
@@ -22,30 +23,15 @@
 //! its own. Implementations must not block the async worker: blocking work
 //! goes to `spawn_blocking` or a thread of the runtime's own.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use bramble_common::api::{ConfigMap, Pod, PodStatus, Secret};
+use bramble_common::api::PodStatus;
+use bramble_common::wire::NodeDesired;
 
 /// The desired state of one pod, with the ConfigMaps and Secrets it may
-/// reference. Same fields as `runtime::PodDesired` of the real runtime.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PodDesired {
-    /// The pod (`metadata.uid` identifies it).
-    pub pod: Pod,
-    /// ConfigMaps of the pod's namespace, by name.
-    pub config_maps: BTreeMap<String, ConfigMap>,
-    /// Secrets of the pod's namespace, by name.
-    pub secrets: BTreeMap<String, Secret>,
-}
-
-impl PodDesired {
-    /// The pod's UID (empty if unset).
-    pub fn uid(&self) -> &str {
-        self.pod.metadata.uid.as_deref().unwrap_or("")
-    }
-}
+/// reference: the real runtime's type, shared by every runtime.
+pub use crate::runtime::PodDesired;
 
 /// Why a runtime call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,4 +75,14 @@ pub trait PodRuntime: Send + Sync + 'static {
 
     /// The UIDs of every pod the runtime knows.
     fn list_pods(&self) -> impl Future<Output = Vec<String>> + Send;
+
+    /// Set up what the node needs before its pods (the pod network, routes
+    /// to `peers`) from the node-wide part of `desired`. Called on every
+    /// pass with a desired state, before any `sync_pod` of the pass: cheap
+    /// when nothing changed, and retries what failed before. Does nothing
+    /// by default.
+    fn sync_node(&self, desired: &NodeDesired) -> impl Future<Output = ()> + Send {
+        let _ = desired;
+        async {}
+    }
 }

@@ -1,0 +1,475 @@
+//! [`LinuxPodRuntime`]: the real runtime ([`Runtime`], blocking) and the pod
+//! network ([`PodNetwork`], blocking) behind the sync loop's async
+//! [`PodRuntime`] trait. Every call runs in `spawn_blocking`.
+//!
+//! The network is wired here, between the two:
+//! - [`PodRuntime::sync_node`]: once the desired state carries a pod CIDR,
+//!   `ensure_node` (bridge, nftables), `sync_routes` to the peers, and once
+//!   after start `retain_pods` with the pods that still exist;
+//! - [`PodRuntime::sync_pod`] of a pod without `hostNetwork`: the pod's
+//!   netns is created here (`{run_dir}/netns/{uid}`, the path the runtime
+//!   uses; its sandbox adopts an existing netns) and `setup_pod` wires it
+//!   *before* the runtime starts any container; the address goes into the
+//!   pod's status (`podIP`, `podIPs`). Address exhaustion is a retryable
+//!   error: the pod stays `Pending` with the reason as message;
+//! - [`PodRuntime::kill_pod`]: the runtime stops the pod (removing its
+//!   netns), then `teardown_pod` releases its veth, host ports and address.
+//!
+//! Without a network (`--no-network`) or before the master assigned a pod
+//! CIDR, pods that do not use the host network get a netns with only `lo`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bramble_common::api::PodStatus;
+use bramble_common::wire::NodeDesired;
+use ipnet::Ipv4Net;
+use tracing::{debug, info, warn};
+
+use super::{netns, PodDesired, Runtime, RuntimeError};
+use crate::network::{HostPort, NetworkError, NodeNetConfig, Peer, PodNetStatus, PodNetwork};
+use crate::sync::{PodRuntime, RuntimeError as SyncError};
+
+/// What the adapter knows of the node network.
+#[derive(Debug, Default)]
+struct NetState {
+    /// The pod CIDR and peers last applied successfully.
+    applied: Option<(Ipv4Net, Vec<Peer>)>,
+    /// `retain_pods` ran since the start.
+    retained: bool,
+    /// Why the node network is not usable (pods wait for it), if it is not.
+    node_error: Option<String>,
+    /// The last node-level message logged, to log each one once.
+    logged: Option<String>,
+    /// Pod addresses, by UID.
+    pods: BTreeMap<String, PodNetStatus>,
+}
+
+/// The real runtime and the pod network as the sync loop's [`PodRuntime`].
+#[derive(Clone)]
+pub struct LinuxPodRuntime {
+    runtime: Arc<dyn Runtime>,
+    network: Option<Arc<dyn PodNetwork>>,
+    node_address: Option<Ipv4Addr>,
+    run_dir: PathBuf,
+    net: Arc<Mutex<NetState>>,
+    /// Makes a pod's netns ([`netns::create`]; a no-op in unit tests).
+    create_netns: fn(&Path) -> std::io::Result<()>,
+}
+
+impl std::fmt::Debug for LinuxPodRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxPodRuntime")
+            .field("network", &self.network.is_some())
+            .field("node_address", &self.node_address)
+            .field("run_dir", &self.run_dir)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::Failed(format!("runtime task failed: {e}")))
+}
+
+fn to_sync_error(e: RuntimeError) -> SyncError {
+    match e {
+        RuntimeError::InvalidUid(_) | RuntimeError::Config(_) => {
+            SyncError::InvalidPod(e.to_string())
+        }
+        e => SyncError::Failed(e.to_string()),
+    }
+}
+
+/// Peers from the wire, skipping (and logging) malformed ones.
+fn peers_of(desired: &NodeDesired) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for p in &desired.peers {
+        match (p.address.parse::<Ipv4Addr>(), p.pod_cidr.parse::<Ipv4Net>()) {
+            (Ok(address), Ok(pod_cidr)) => peers.push(Peer {
+                name: p.name.clone(),
+                address,
+                pod_cidr,
+            }),
+            _ => {
+                debug!(peer = %p.name, address = %p.address, pod_cidr = %p.pod_cidr, "skipping a peer without a usable address or pod CIDR")
+            }
+        }
+    }
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    peers
+}
+
+impl LinuxPodRuntime {
+    /// The adapter over `runtime`, wiring pods into `network` when given.
+    /// `node_address` is the node's `InternalIP` (picks the uplink for the
+    /// bridge MTU); `run_dir` is the runtime's (`{run_dir}/netns/{uid}`).
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        network: Option<Arc<dyn PodNetwork>>,
+        node_address: Option<Ipv4Addr>,
+        run_dir: PathBuf,
+    ) -> Self {
+        Self {
+            runtime,
+            network,
+            node_address,
+            run_dir,
+            net: Arc::new(Mutex::new(NetState::default())),
+            create_netns: netns::create,
+        }
+    }
+
+    /// The address the pod network gave pod `uid`, if any.
+    pub fn pod_address(&self, uid: &str) -> Option<Ipv4Addr> {
+        lock(&self.net).pods.get(uid).map(|p| p.ip)
+    }
+
+    fn log_node_once(&self, message: String, is_error: bool) {
+        let mut net = lock(&self.net);
+        if net.logged.as_ref() != Some(&message) {
+            if is_error {
+                warn!("{message}");
+            } else {
+                info!("{message}");
+            }
+            net.logged = Some(message);
+        }
+    }
+
+    fn netns_path(&self, uid: &str) -> PathBuf {
+        netns::netns_path(&self.run_dir, uid)
+    }
+
+    fn with_address(&self, uid: &str, mut status: PodStatus) -> PodStatus {
+        if let Some(net) = lock(&self.net).pods.get(uid) {
+            net.apply_to(&mut status);
+        }
+        status
+    }
+}
+
+/// Creates the pod's netns (the runtime adopts it) and wires it.
+fn setup_pod_network(
+    network: &dyn PodNetwork,
+    create_netns: fn(&Path) -> std::io::Result<()>,
+    uid: &str,
+    path: &Path,
+    host_ports: &[HostPort],
+) -> Result<PodNetStatus, SyncError> {
+    create_netns(path).map_err(|e| {
+        SyncError::Failed(format!("cannot create the pod's network namespace: {e}"))
+    })?;
+    network
+        .setup_pod(uid, path, host_ports)
+        .map_err(|e| SyncError::Failed(format!("pod network: {e}")))
+}
+
+impl PodRuntime for LinuxPodRuntime {
+    async fn sync_node(&self, desired: &NodeDesired) {
+        let Some(network) = self.network.clone() else {
+            return;
+        };
+        let cidr_text = desired.node_config.pod_cidr.trim();
+        if cidr_text.is_empty() {
+            self.log_node_once(
+                "the master assigned no pod CIDR to this node: pods get no pod network until it does".into(),
+                false,
+            );
+            return;
+        }
+        let cidr = match cidr_text.parse::<Ipv4Net>() {
+            Ok(cidr) => cidr,
+            Err(e) => {
+                let message = format!("the node's pod CIDR {cidr_text:?} is not an IPv4 CIDR ({e}): pods wait until the master assigns a valid one");
+                lock(&self.net).node_error = Some(message.clone());
+                self.log_node_once(message, true);
+                return;
+            }
+        };
+        let peers = peers_of(desired);
+        let (applied, retained) = {
+            let net = lock(&self.net);
+            (net.applied.clone(), net.retained)
+        };
+        if applied.as_ref() == Some(&(cidr, peers.clone())) && retained {
+            return;
+        }
+        let runtime = Arc::clone(&self.runtime);
+        let node_address = self.node_address;
+        let mut live: Vec<String> = desired.pods.iter().map(|p| p.uid.clone()).collect();
+        let result = blocking(move || -> Result<Option<Vec<String>>, NetworkError> {
+            if applied.as_ref().map(|a| a.0) != Some(cidr) {
+                let mut config = NodeNetConfig::new(cidr);
+                config.node_address = node_address;
+                // ensure_node logs what it created or repaired.
+                network.ensure_node(&config)?;
+            }
+            if applied.as_ref().map(|a| &a.1) != Some(&peers) {
+                let changes = network.sync_routes(&peers)?;
+                if !changes.is_empty() {
+                    info!(added = ?changes.added, removed = ?changes.removed, "routes to other nodes updated");
+                }
+            }
+            let released = if retained {
+                None
+            } else {
+                live.extend(runtime.list_pods().into_iter().map(|p| p.uid));
+                let live: Vec<&str> = live.iter().map(String::as_str).collect();
+                Some(network.retain_pods(&live)?)
+            };
+            Ok(released)
+        })
+        .await;
+        match result {
+            Ok(Ok(released)) => {
+                let mut net = lock(&self.net);
+                net.applied = Some((cidr, peers_of(desired)));
+                net.node_error = None;
+                net.logged = None;
+                if let Some(released) = released {
+                    net.retained = true;
+                    if !released.is_empty() {
+                        info!(pods = ?released, "released the network of pods that no longer exist");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                let message = format!("cannot set up the pod network: {e}");
+                lock(&self.net).node_error = Some(message.clone());
+                self.log_node_once(message, true);
+            }
+            Err(e) => warn!(error = %e, "setting up the pod network failed"),
+        }
+    }
+
+    async fn sync_pod(&self, desired: &PodDesired) -> Result<PodStatus, SyncError> {
+        let uid = desired.uid().to_owned();
+        let host_network = desired.pod.spec.host_network.unwrap_or(false);
+        if let (Some(network), false) = (self.network.clone(), host_network) {
+            let (node_error, ready) = {
+                let net = lock(&self.net);
+                (net.node_error.clone(), net.applied.is_some())
+            };
+            if let Some(error) = node_error {
+                return Err(SyncError::Failed(error));
+            }
+            if ready {
+                let host_ports = HostPort::from_spec(&desired.pod.spec)
+                    .map_err(|e| SyncError::InvalidPod(e.to_string()))?;
+                let path = self.netns_path(&uid);
+                let pod_uid = uid.clone();
+                let create_netns = self.create_netns;
+                let net = blocking(move || {
+                    setup_pod_network(network.as_ref(), create_netns, &pod_uid, &path, &host_ports)
+                })
+                .await??;
+                lock(&self.net).pods.insert(uid.clone(), net);
+            }
+        }
+        let runtime = Arc::clone(&self.runtime);
+        let desired = desired.clone();
+        let status = blocking(move || runtime.sync_pod(&desired))
+            .await?
+            .map_err(to_sync_error)?;
+        Ok(self.with_address(&uid, status))
+    }
+
+    async fn pod_status(&self, uid: &str) -> Option<PodStatus> {
+        let runtime = Arc::clone(&self.runtime);
+        let pod_uid = uid.to_owned();
+        let status = blocking(move || runtime.pod_status(&pod_uid))
+            .await
+            .ok()
+            .flatten()?;
+        Some(self.with_address(uid, status))
+    }
+
+    async fn kill_pod(&self, uid: &str, grace: Option<Duration>) -> Result<(), SyncError> {
+        let runtime = Arc::clone(&self.runtime);
+        let network = self.network.clone();
+        let path = self.netns_path(uid);
+        let pod_uid = uid.to_owned();
+        blocking(move || -> Result<(), SyncError> {
+            runtime.kill_pod(&pod_uid, grace).map_err(to_sync_error)?;
+            if let Some(network) = network {
+                match network.teardown_pod(&pod_uid, &path) {
+                    Ok(()) | Err(NetworkError::NodeNotReady) => {}
+                    Err(e) => return Err(SyncError::Failed(format!("pod network: {e}"))),
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        lock(&self.net).pods.remove(uid);
+        Ok(())
+    }
+
+    async fn forget_pod(&self, uid: &str) -> Result<(), SyncError> {
+        let runtime = Arc::clone(&self.runtime);
+        let pod_uid = uid.to_owned();
+        blocking(move || runtime.remove_pod_logs(&pod_uid))
+            .await?
+            .map_err(to_sync_error)
+    }
+
+    async fn list_pods(&self) -> Vec<String> {
+        let runtime = Arc::clone(&self.runtime);
+        blocking(move || runtime.list_pods().into_iter().map(|p| p.uid).collect())
+            .await
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+
+    use bramble_common::api::{Container, Pod, PodSpec};
+    use bramble_common::meta::ObjectMeta;
+    use bramble_common::wire::NodeConfig;
+
+    use super::*;
+    use crate::network::fake::RecordingNetwork;
+    use crate::runtime::PodSummary;
+
+    /// A runtime that remembers the pods handed to it.
+    #[derive(Default)]
+    struct FakeRuntime {
+        pods: Mutex<BTreeMap<String, PodStatus>>,
+    }
+
+    impl Runtime for FakeRuntime {
+        fn sync_pod(&self, desired: &PodDesired) -> Result<PodStatus, RuntimeError> {
+            let status = PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            };
+            lock(&self.pods).insert(desired.uid().to_owned(), status.clone());
+            Ok(status)
+        }
+        fn kill_pod(&self, pod_uid: &str, _grace: Option<Duration>) -> Result<(), RuntimeError> {
+            lock(&self.pods).remove(pod_uid);
+            Ok(())
+        }
+        fn pod_status(&self, pod_uid: &str) -> Option<PodStatus> {
+            lock(&self.pods).get(pod_uid).cloned()
+        }
+        fn list_pods(&self) -> Vec<PodSummary> {
+            lock(&self.pods)
+                .keys()
+                .map(|uid| PodSummary {
+                    uid: uid.clone(),
+                    namespace: "default".into(),
+                    name: uid.clone(),
+                })
+                .collect()
+        }
+        fn adopt_existing(&self) -> Result<Vec<String>, RuntimeError> {
+            Ok(Vec::new())
+        }
+        fn remove_pod_logs(&self, _pod_uid: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn log_path(&self, _pod_uid: &str, _container: &str) -> Option<PathBuf> {
+            None
+        }
+    }
+
+    fn pod(uid: &str, host_network: bool) -> PodDesired {
+        PodDesired {
+            pod: Pod {
+                metadata: ObjectMeta {
+                    name: Some(uid.into()),
+                    namespace: Some("default".into()),
+                    uid: Some(uid.into()),
+                    ..ObjectMeta::default()
+                },
+                spec: PodSpec {
+                    containers: vec![Container {
+                        name: "main".into(),
+                        image: "busybox".into(),
+                        ..Container::default()
+                    }],
+                    host_network: Some(host_network),
+                    ..PodSpec::default()
+                },
+                ..Pod::default()
+            },
+            ..PodDesired::default()
+        }
+    }
+
+    fn adapter(network: Arc<RecordingNetwork>) -> (Arc<FakeRuntime>, LinuxPodRuntime) {
+        let runtime = Arc::new(FakeRuntime::default());
+        let mut adapter = LinuxPodRuntime::new(
+            runtime.clone(),
+            Some(network),
+            None,
+            PathBuf::from("/nonexistent/run"),
+        );
+        adapter.create_netns = |_| Ok(());
+        (runtime, adapter)
+    }
+
+    fn node(pod_cidr: &str) -> NodeDesired {
+        NodeDesired {
+            generation: 1,
+            node_config: NodeConfig {
+                pod_cidr: pod_cidr.into(),
+                ..NodeConfig::default()
+            },
+            ..NodeDesired::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pods_get_an_address_and_exhaustion_keeps_them_out_of_the_runtime() {
+        let network = Arc::new(RecordingNetwork::new());
+        let (runtime, adapter) = adapter(network.clone());
+        // A /30 holds the gateway and one pod.
+        adapter.sync_node(&node("10.244.9.0/30")).await;
+        let status = adapter.sync_pod(&pod("a", false)).await.unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.9.2"));
+        assert_eq!(
+            adapter.pod_status("a").await.unwrap().pod_ip.as_deref(),
+            Some("10.244.9.2")
+        );
+        let err = adapter.sync_pod(&pod("b", false)).await.unwrap_err();
+        assert!(
+            matches!(&err, SyncError::Failed(m) if m.contains("no free pod address")),
+            "{err}"
+        );
+        assert!(runtime.pod_status("b").is_none(), "b must not start");
+        // hostNetwork pods need no address.
+        let status = adapter.sync_pod(&pod("h", true)).await.unwrap();
+        assert_eq!(status.pod_ip, None);
+        // Killing a frees its address for b.
+        adapter.kill_pod("a", None).await.unwrap();
+        assert_eq!(adapter.pod_address("a"), None);
+        let status = adapter.sync_pod(&pod("b", false)).await.unwrap();
+        assert!(status.pod_ip.is_some());
+    }
+
+    #[tokio::test]
+    async fn without_a_pod_cidr_pods_run_without_a_pod_network() {
+        let network = Arc::new(RecordingNetwork::new());
+        let (_runtime, adapter) = adapter(network.clone());
+        adapter.sync_node(&node("")).await;
+        let status = adapter.sync_pod(&pod("a", false)).await.unwrap();
+        assert_eq!(status.pod_ip, None);
+        assert!(network.calls().is_empty(), "{:?}", network.calls());
+    }
+}
