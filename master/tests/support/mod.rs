@@ -476,6 +476,17 @@ impl Agent {
         }
     }
 
+    /// Send a signal (`STOP`, `CONT`, `TERM`...) to the running agent.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("agent running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {}", child.id());
+    }
+
     /// Start it again with the same arguments, directories and facts.
     pub fn restart(&mut self) {
         self.kill9();
@@ -612,9 +623,16 @@ impl Drop for Mosquitto {
 
 static PUBLISHER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Publish `payload` to `topic` (QoS 1) on the broker at `addr` as
-/// `user`/`password`, and wait until the broker acknowledged it.
-pub fn mqtt_publish(addr: &str, user: &str, password: &str, topic: &str, payload: &[u8]) {
+/// Publish `payload` to `topic` (QoS 1, retained when `retain`) on the
+/// broker at `addr` as `user`/`password`, and wait until the broker
+/// acknowledged it.
+pub fn mqtt_publish(
+    addr: &str,
+    (user, password): (&str, &str),
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) {
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let mut options = rumqttc::MqttOptions::new(
         format!(
@@ -629,7 +647,7 @@ pub fn mqtt_publish(addr: &str, user: &str, password: &str, topic: &str, payload
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut connection) = rumqttc::Client::new(options, 10);
     client
-        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
         .expect("queue publish");
     let deadline = Instant::now() + Duration::from_secs(10);
     for event in connection.iter() {
