@@ -317,6 +317,13 @@ fn killing_an_agent_flips_its_node_not_ready_and_back() {
             .any(|l| l.starts_with("pi-1") && l.contains("NotReady")),
         "{table}"
     );
+    let table = ok(master.kubectl(&["get", "nodes"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("pi-1") && l.contains("NotReady")),
+        "kubectl shows it the same: {table}"
+    );
     let condition = node["status"]["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
@@ -440,7 +447,20 @@ fn the_same_flow_through_mosquitto() {
     wait_ready(&master, "pi-1", "True", SETTLE);
     apply(&master, &pod("web", json!({})));
     assert_eq!(wait_running(&master, "web"), "pi-1");
-    drop(agent);
+
+    // The broker's last will reaches the master the same way.
+    let mut agent = agent;
+    agent.kill9();
+    wait_ready(&master, "pi-1", "Unknown", Duration::from_secs(10));
+    agent.restart();
+    wait_ready(&master, "pi-1", "True", SETTLE);
+
+    // A wrong token is refused by mosquitto as by the embedded broker.
+    let other = add_node(&master, "pi-2");
+    broker.add_user("pi-2", &other);
+    let impostor = Agent::start(dir.path(), &broker.addr(), "pi-2", "wrong", &[]);
+    impostor.wait_log(0, "the master refused this node's token");
+    assert_ne!(ready_of(&get_node(&master, "pi-2")), "True");
 }
 
 #[test]
