@@ -357,10 +357,12 @@ fn node_status(node: &Value) -> String {
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
         .map(|c| s(&c["status"]).to_string());
+    // As Kubernetes prints it: any Ready status but True (False or Unknown)
+    // is `NotReady`; `Unknown` only when there is no Ready condition.
     let mut text = match ready.as_deref() {
         Some("True") => "Ready".to_string(),
-        Some("False") => "NotReady".to_string(),
-        _ => "Unknown".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
     };
     if node["spec"]["unschedulable"].as_bool() == Some(true) {
         text.push_str(",SchedulingDisabled");

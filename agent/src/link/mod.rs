@@ -180,6 +180,7 @@ pub fn start(settings: LinkSettings, shutdown: Shutdown) -> Result<Link, LinkErr
         logged: BTreeSet::new(),
         epoch: 0,
         ever_connected: false,
+        refusal_logged: false,
     };
     let poller = tokio::spawn(poller.run(shutdown).in_current_span());
     Ok(Link {
@@ -245,6 +246,8 @@ struct Poller {
     logged: BTreeSet<String>,
     epoch: u64,
     ever_connected: bool,
+    /// A refusal was logged since the last successful connection.
+    refusal_logged: bool,
 }
 
 impl Poller {
@@ -271,6 +274,7 @@ impl Poller {
                     self.backoff.reset();
                     self.epoch += 1;
                     self.ever_connected = true;
+                    self.refusal_logged = false;
                     info!(
                         session_present = ack.session_present,
                         "connected to the master's mqtt broker"
@@ -321,14 +325,16 @@ impl Poller {
         });
     }
 
-    /// Log a failure: a refusal once per backoff cycle (the first failure,
-    /// then whenever the delay is at its cap), other errors at the first
-    /// failure and then at debug.
-    fn log_failure(&self, error: &ConnectionError, connecting: bool) {
+    /// Log a failure: a refusal once per backoff cycle (the first refusal
+    /// since the last connection, also when a lost connection came first,
+    /// as when the node is removed; then whenever the delay is at its cap),
+    /// other errors at the first failure and then at debug.
+    fn log_failure(&mut self, error: &ConnectionError, connecting: bool) {
         let first = self.backoff.attempts() == 0;
         let capped = self.backoff.ceiling() >= wire::DEFAULT_MAX_BACKOFF;
         match classify(error, connecting) {
-            Failure::Refused if first || capped => {
+            Failure::Refused if first || capped || !self.refusal_logged => {
+                self.refusal_logged = true;
                 error!(node = %self.node, error = %error, "{REFUSED_MESSAGE}");
             }
             Failure::Other if first => {

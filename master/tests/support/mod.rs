@@ -34,14 +34,22 @@ impl Master {
     /// Start `bramble master` on a free loopback port with `extra` flags and
     /// wait (at most 60 s) until it says it is ready.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Master {
-        let mut child = Command::new(bramble_bin())
+        let mut command = Command::new(bramble_bin());
+        command
             .arg("master")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--mqtt-listen")
-            .arg("127.0.0.1:0")
+            .arg("127.0.0.1:0");
+        // A test may choose the broker: a fixed MQTT port (to restart a master
+        // where its agents expect it) or an external broker.
+        if !extra
+            .iter()
+            .any(|flag| *flag == "--mqtt-listen" || *flag == "--mqtt-url")
+        {
+            command.arg("--mqtt-listen").arg("127.0.0.1:0");
+        }
+        let mut child = command
             .args(extra)
             .env("BRAMBLE_LOG", "info")
             .stdin(Stdio::null())
@@ -290,4 +298,365 @@ impl Drop for Follower {
 /// Path of a fixture manifest.
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Poll `probe` every 100 ms until it returns `Ok`, at most `timeout`;
+/// panics with `what` and the last thing `probe` saw when it never does.
+#[track_caller]
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last seen:\n{last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The `bramble-agent` binary, built once per test run.
+///
+/// It belongs to another crate, so Cargo gives this crate no
+/// `CARGO_BIN_EXE_bramble-agent`. Guessing `target/debug/bramble-agent`
+/// would run a stale binary (or none) after `cargo test -p bramble-master`,
+/// and would miss `CARGO_TARGET_DIR` or a `build.target-dir` setting. So the
+/// first caller runs `cargo build -p bramble-agent --message-format=json`
+/// (the same cargo that runs the tests; a no-op when it is up to date) and
+/// takes the binary's path from Cargo's own `compiler-artifact` message.
+pub fn agent_bin() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "-p", "bramble-agent", "--bin", "bramble-agent"])
+            .arg("--message-format=json")
+            .current_dir(workspace)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build -p bramble-agent");
+        assert!(
+            out.status.success(),
+            "cargo build -p bramble-agent failed ({:?})",
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["reason"] == "compiler-artifact")
+            .find(|message| message["target"]["name"] == "bramble-agent")
+            .and_then(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no bramble-agent executable")
+    })
+}
+
+/// A running `bramble-agent --runtime sim` for one node.
+pub struct Agent {
+    child: Option<Child>,
+    /// The node's name.
+    pub name: String,
+    /// Its directory: `state/`, `run/` and `agent.toml` live there.
+    pub dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Everything it printed on stderr, across restarts.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Start an agent for `name` with `token` against `mqtt` (`host:port`),
+    /// its directories under `dir/name`, a 1 s heartbeat and `env` (facts
+    /// such as `BRAMBLE_FAKE_ARCH`).
+    pub fn start(dir: &Path, mqtt: &str, name: &str, token: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        // The heartbeat is a file setting only.
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, "heartbeat-seconds = 1\n").expect("write agent.toml");
+        let args = vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--runtime".into(),
+            "sim".into(),
+            "--master".into(),
+            format!("mqtt://{mqtt}"),
+            "--node".into(),
+            name.into(),
+            "--token".into(),
+            token.into(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--run-dir".into(),
+            dir.join("run").display().to_string(),
+        ];
+        let mut agent = Agent {
+            child: None,
+            name: name.to_string(),
+            dir,
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: Default::default(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent {} already running", self.name);
+        let mut child = Command::new(agent_bin())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("BRAMBLE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bramble-agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().expect("log").push(format!("[{name}] {line}"));
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Number of log lines so far: a mark for [`Agent::wait_log`].
+    pub fn mark(&self) -> usize {
+        self.log.lock().expect("log").len()
+    }
+
+    /// Wait (at most 30 s) for a log line after `mark` containing `text`.
+    #[track_caller]
+    pub fn wait_log(&self, mark: usize, text: &str) -> String {
+        wait_until(
+            &format!("agent {} logs {text:?}", self.name),
+            Duration::from_secs(30),
+            || {
+                let log = self.log.lock().expect("log");
+                log.iter()
+                    .skip(mark)
+                    .find(|line| line.contains(text))
+                    .cloned()
+                    .ok_or_else(|| log.join("\n"))
+            },
+        )
+    }
+
+    /// The whole log as text.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL the agent and wait for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send a signal (`STOP`, `CONT`, `TERM`...) to the running agent.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("agent running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {}", child.id());
+    }
+
+    /// Start it again with the same arguments, directories and facts.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A free loopback TCP port (bound and released: a test passes it to a
+/// child that binds it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Debian's `mosquitto` on a free loopback port with password auth, run as
+/// a child of the test.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn require_mosquitto() {
+    let found = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found("mosquitto") && found("mosquitto_passwd") {
+        return;
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "mosquitto"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        installed && found("mosquitto") && found("mosquitto_passwd"),
+        "mosquitto is required by this test and could not be installed: apt-get install -y mosquitto"
+    );
+}
+
+impl Mosquitto {
+    /// Start a broker under `dir` that knows the `(user, password)` pairs.
+    pub fn start(dir: &Path, users: &[(&str, &str)]) -> Mosquitto {
+        require_mosquitto();
+        let port = free_port();
+        let dir = dir.join(format!("mosquitto-{port}"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let passwords = dir.join("passwords");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let mut command = Command::new("mosquitto_passwd");
+            if i == 0 {
+                command.arg("-c");
+            }
+            let out = command
+                .arg("-b")
+                .arg(&passwords)
+                .args([user, password])
+                .output()
+                .expect("run mosquitto_passwd");
+            assert!(out.status.success(), "mosquitto_passwd: {}", stderr(&out));
+        }
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+                 persistence false\nuser root\n",
+                passwords.display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let mut broker = Mosquitto { child, port, dir };
+        wait_until("mosquitto listens", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("mosquitto exited at start: {status}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        broker
+    }
+
+    /// Add a user to the password file and make the broker reload it.
+    pub fn add_user(&self, user: &str, password: &str) {
+        let out = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(self.dir.join("passwords"))
+            .args([user, password])
+            .output()
+            .expect("run mosquitto_passwd");
+        assert!(out.status.success(), "mosquitto_passwd: {}", stderr(&out));
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP mosquitto");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static PUBLISHER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Publish `payload` to `topic` (QoS 1, retained when `retain`) on the
+/// broker at `addr` as `user`/`password`, and wait until the broker
+/// acknowledged it.
+pub fn mqtt_publish(
+    addr: &str,
+    (user, password): (&str, &str),
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let mut options = rumqttc::MqttOptions::new(
+        format!(
+            "test-{}-{}",
+            std::process::id(),
+            PUBLISHER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+        host,
+        port.parse().expect("port"),
+    );
+    options.set_credentials(user, password);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
+        .expect("queue publish");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for event in connection.iter() {
+        assert!(Instant::now() < deadline, "publish to {topic}: no PUBACK");
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publish to {topic} as {user}: {e}"),
+        }
+    }
+    let _ = client.disconnect();
 }
