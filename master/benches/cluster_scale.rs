@@ -20,6 +20,9 @@
 //! bytes written by the master process (`/proc/PID/io` write_bytes) per pod
 //! and per idle minute.
 //!
+//! A master hands each node a /24 of 10.244.0.0/16, so it registers at most
+//! 256 nodes: with more, registration fails and so does this benchmark.
+//!
 //! `BRAMBLE_BENCH_NODES` (default 1000), `BRAMBLE_BENCH_PODS` (default
 //! 10000), `BRAMBLE_BENCH_IDLE_SECONDS` (default 60),
 //! `BRAMBLE_BENCH_BROKERS` (`embedded,mosquitto`, the default, or one of
