@@ -106,14 +106,23 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
         .iter()
         .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
         .collect();
+    // Hand out every CIDR before writing anything: a registration that does
+    // not fit is refused whole, never half done.
     let pool = PodCidrPool::default();
-    let mut answers = Vec::new();
-    for name in &names {
+    let mut cidrs = Vec::new();
+    for _ in &names {
         let cidr = (0..=255u8)
             .map(|i| pool.cidr(i))
             .find(|c| !used.contains(c))
-            .ok_or_else(|| ApiError::internal("every /24 of the pod range 10.244.0.0/16 is taken: remove nodes with `bramble node rm` first"))?;
+            .ok_or_else(|| ApiError::bad_request(format!(
+                "registering {} node(s) needs more pod CIDRs than are free: every /24 of the pod range 10.244.0.0/16 (256 nodes) would be taken; nothing was registered (remove nodes with `bramble node rm` first)",
+                names.len()
+            )))?;
         used.insert(cidr.clone());
+        cidrs.push(cidr);
+    }
+    let mut answers = Vec::new();
+    for (name, cidr) in names.iter().zip(cidrs) {
         let token = pki::new_token();
         let hash = pki::token_sha256(&token)
             .iter()
