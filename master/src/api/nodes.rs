@@ -101,82 +101,103 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
             return Err(ApiError::already_exists(Kind::Node, name));
         }
     }
-    let (nodes, _) = state.store.list(Kind::Node, None).await?;
-    let mut used: BTreeSet<String> = nodes
-        .iter()
-        .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
-        .collect();
     // Hand out every CIDR before writing anything: a registration that does
     // not fit is refused whole, never half done.
-    let pool = PodCidrPool::default();
-    let mut cidrs = Vec::new();
-    for _ in &names {
-        let cidr = (0..=255u8)
-            .map(|i| pool.cidr(i))
-            .find(|c| !used.contains(c))
-            .ok_or_else(|| ApiError::bad_request(format!(
-                "registering {} node(s) needs more pod CIDRs than are free: every /24 of the pod range 10.244.0.0/16 (256 nodes) would be taken; nothing was registered (remove nodes with `bramble node rm` first)",
-                names.len()
-            )))?;
-        used.insert(cidr.clone());
-        cidrs.push(cidr);
-    }
+    let cidrs = free_pod_cidrs(&state.store, names.len()).await?;
     let mut answers = Vec::new();
     for (name, cidr) in names.iter().zip(cidrs) {
         let token = pki::new_token();
-        let hash = pki::token_sha256(&token)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": token_secret_name(name),
-                "namespace": TOKEN_NAMESPACE,
-                "labels": {"bramble.io/node": name},
-            },
-            "type": TOKEN_SECRET_TYPE,
-            "data": {TOKEN_NODE_KEY: b64(name), TOKEN_HASH_KEY: b64(&hash)},
-        });
-        match state.store.create(&token_key(name), secret).await {
-            Ok(_) => {}
-            Err(StoreError::AlreadyExists { .. }) => {
-                // A token left by an earlier node of the same name: replace it.
-                state
-                    .store
-                    .delete(&token_key(name), Precondition::default())
-                    .await?;
-                let secret = json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": token_secret_name(name), "namespace": TOKEN_NAMESPACE, "labels": {"bramble.io/node": name}},
-                    "type": TOKEN_SECRET_TYPE,
-                    "data": {TOKEN_NODE_KEY: b64(name), TOKEN_HASH_KEY: b64(&hash)},
-                });
-                state.store.create(&token_key(name), secret).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let node = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-            "status": {"conditions": [{
-                "type": "Ready",
-                "status": "Unknown",
-                "reason": "AgentNeverConnected",
-                "message": "the agent has not connected yet; start bramble-agent on the device with this node's token",
-            }]},
-        });
-        state.store.create(&node_key(name), node).await?;
+        set_token(&state.store, name, &token).await?;
+        state
+            .store
+            .create(&node_key(name), node_object(name, &cidr, &[]))
+            .await?;
         answers.push(json!({"name": name, "token": token, "podCIDR": cidr}));
     }
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"nodes": answers}),
     ))
+}
+
+/// `count` pod CIDRs nobody holds yet, or an error when the range is full.
+pub async fn free_pod_cidrs(
+    store: &crate::store::Store,
+    count: usize,
+) -> Result<Vec<String>, ApiError> {
+    let (nodes, _) = store.list(Kind::Node, None).await?;
+    let mut used: BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
+        .collect();
+    let pool = PodCidrPool::default();
+    let mut cidrs = Vec::new();
+    for _ in 0..count {
+        let cidr = (0..=255u8)
+            .map(|i| pool.cidr(i))
+            .find(|c| !used.contains(c))
+            .ok_or_else(|| ApiError::bad_request(format!(
+                "registering {count} node(s) needs more pod CIDRs than are free: every /24 of the pod range 10.244.0.0/16 (256 nodes) would be taken; nothing was registered (remove nodes with `bramble node rm` first)"
+            )))?;
+        used.insert(cidr.clone());
+        cidrs.push(cidr);
+    }
+    Ok(cidrs)
+}
+
+/// A new Node object for `name` with its pod CIDR (and extra labels).
+pub fn node_object(name: &str, cidr: &str, extra_labels: &[(&str, &str)]) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert("kubernetes.io/hostname".into(), json!(name));
+    labels.insert("kubernetes.io/os".into(), json!("linux"));
+    for (k, v) in extra_labels {
+        labels.insert((*k).to_string(), json!(v));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"conditions": [{
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "AgentNeverConnected",
+            "message": "the agent has not connected yet; start bramble-agent on the device with this node's token",
+        }]},
+    })
+}
+
+/// Make `token` the join token of `node` (replacing any earlier one).
+pub async fn set_token(
+    store: &crate::store::Store,
+    node: &str,
+    token: &str,
+) -> Result<(), ApiError> {
+    let hash: String = pki::token_sha256(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": token_secret_name(node),
+            "namespace": TOKEN_NAMESPACE,
+            "labels": {"bramble.io/node": node},
+        },
+        "type": TOKEN_SECRET_TYPE,
+        "data": {TOKEN_NODE_KEY: b64(node), TOKEN_HASH_KEY: b64(&hash)},
+    });
+    match store.get(&token_key(node)).await? {
+        Some(_) => {
+            store
+                .update(&token_key(node), secret, Precondition::default())
+                .await?
+        }
+        None => store.create(&token_key(node), secret).await?,
+    };
+    Ok(())
 }
 
 /// Revoke and remove a node.

@@ -8,12 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use base64::Engine;
 use bramble_common::Kind;
-use serde_json::json;
 
 use crate::api::{nodes, pki};
-use crate::store::{ObjectKey, Precondition, Store};
+use crate::store::{ObjectKey, Store};
 
 /// How to run the local agent.
 #[derive(Debug, Clone)]
@@ -58,56 +56,25 @@ async fn fresh_token(store: &Store, node: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .is_none()
     {
-        let (existing, _) = store
-            .list(Kind::Node, None)
+        let cidr = nodes::free_pod_cidrs(store, 1)
             .await
-            .map_err(|e| e.to_string())?;
-        let used: Vec<String> = existing
-            .iter()
-            .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
-            .collect();
-        let pool = nodes::PodCidrPool::default();
-        let cidr = (0..=255u8)
-            .map(|i| pool.cidr(i))
-            .find(|c| !used.contains(c))
-            .ok_or("every pod CIDR is taken")?;
-        let object = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux", "node-role.kubernetes.io/control-plane": ""}},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-        });
+            .map_err(|e| e.0.message)?
+            .pop()
+            .ok_or("no pod CIDR")?;
+        let object = nodes::node_object(
+            node,
+            &cidr,
+            &[("node-role.kubernetes.io/control-plane", "")],
+        );
         store
             .create(&node_key, object)
             .await
             .map_err(|e| e.to_string())?;
     }
     let token = pki::new_token();
-    let hash: String = pki::token_sha256(&token)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let secret_key = ObjectKey {
-        kind: Kind::Secret,
-        namespace: nodes::TOKEN_NAMESPACE.into(),
-        name: nodes::token_secret_name(node),
-    };
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": nodes::token_secret_name(node), "namespace": nodes::TOKEN_NAMESPACE, "labels": {"bramble.io/node": node}},
-        "type": nodes::TOKEN_SECRET_TYPE,
-        "data": {nodes::TOKEN_NODE_KEY: b64(node), nodes::TOKEN_HASH_KEY: b64(&hash)},
-    });
-    match store.get(&secret_key).await.map_err(|e| e.to_string())? {
-        Some(_) => store
-            .update(&secret_key, secret, Precondition::default())
-            .await
-            .map_err(|e| e.to_string())?,
-        None => store
-            .create(&secret_key, secret)
-            .await
-            .map_err(|e| e.to_string())?,
-    };
+    nodes::set_token(store, node, &token)
+        .await
+        .map_err(|e| e.0.message)?;
     Ok(token)
 }
 
