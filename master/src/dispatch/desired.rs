@@ -107,7 +107,13 @@ pub fn build(
     for pod in view.pods_by_node.get(&name).into_iter().flatten() {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         match DesiredPod::from_pod(pod) {
-            Ok(desired) => pods.push(desired),
+            Ok(mut desired) => {
+                // A pod's status writes change its resourceVersion but not
+                // what the node must run: send its generation (bumped by spec
+                // changes) instead, so status updates do not republish.
+                desired.resource_version = pod.metadata.generation.unwrap_or(0).max(0) as u64;
+                pods.push(desired);
+            }
             Err(e) => {
                 problems.push(e.to_string());
                 continue;
@@ -165,7 +171,7 @@ mod tests {
 
     fn pod(name: &str, node: &str, extra: serde_json::Value) -> Pod {
         let mut value = json!({
-            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "5"},
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "5", "generation": 2},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
         });
         if let (Some(spec), Some(extra)) = (value["spec"].as_object_mut(), extra.as_object()) {
@@ -218,6 +224,10 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(desired.pods.len(), 1);
         assert_eq!(desired.pods[0].name, "web");
+        assert_eq!(
+            desired.pods[0].resource_version, 2,
+            "the generation, not the resourceVersion"
+        );
         assert_eq!(desired.configs.len(), 1);
         assert_eq!(desired.configs[0].name, "cfg");
         assert_eq!(desired.peers.len(), 1);

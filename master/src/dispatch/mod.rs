@@ -167,16 +167,6 @@ impl Dispatcher {
             for problem in problems {
                 self.warn_once(&name, problem);
             }
-            // A pod's status writes change its resourceVersion but not what
-            // the node must run: send the generation (spec changes) instead,
-            // so status updates do not republish desired states.
-            for (pod, source) in desired
-                .pods
-                .iter_mut()
-                .zip(view.pods_by_node.get(&name).into_iter().flatten())
-            {
-                pod.resource_version = source.metadata.generation.unwrap_or(0).max(0) as u64;
-            }
             let content_hash = match wire::encode(&Message::Desired(desired.clone())) {
                 Ok(bytes) => hash_of(&bytes),
                 Err(error) => {
@@ -188,11 +178,12 @@ impl Dispatcher {
             if state.published_hash == Some(content_hash) {
                 continue;
             }
-            desired.generation = revision.max(state.generation + 1);
+            let generation = revision.max(state.generation + 1);
+            desired.generation = generation;
             match wire::encode(&Message::Desired(desired)) {
                 Ok(payload) => {
                     state.published_hash = Some(content_hash);
-                    state.generation = revision.max(state.generation + 1);
+                    state.generation = generation;
                     state.payload = payload;
                     self.publish(&name).await;
                 }
