@@ -77,6 +77,10 @@ pub fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Store reads and watch catch-ups run on the blocking pool; an
+        // unbounded pool (tokio allows 512 threads) grew to gigabytes under
+        // load on a 2-core machine. Queue the work instead.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {
