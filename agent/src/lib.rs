@@ -22,6 +22,7 @@ pub mod images;
 pub mod link;
 pub mod network;
 pub mod node;
+pub mod rpc;
 pub mod runtime;
 pub mod shutdown;
 pub mod state;

@@ -9,7 +9,8 @@
 //! - a desired state from the master with a generation below the one
 //!   accepted is ignored; a new one is written to `desired.bin` *before*
 //!   the sync loop sees it;
-//! - on every (re)connect: subscribe to the desired topic, publish
+//! - RPC requests (logs) are answered by [`crate::rpc`], in tasks of their own;
+//! - on every (re)connect: subscribe to the desired and rpc topics, publish
 //!   `Presence::Online` (retained), and one full report of the latest state;
 //! - reports on change and a full heartbeat every `heartbeat` interval,
 //!   coalesced while offline ([`ReportCoalescer`]);
@@ -198,7 +199,7 @@ async fn run_inner<R: PodRuntime>(
                 host_ip: host_ip.clone(),
                 resync: settings.resync,
             },
-            runtime,
+            Arc::clone(&runtime),
             sync_rx,
             snapshot_tx,
             shutdown.clone(),
@@ -212,6 +213,7 @@ async fn run_inner<R: PodRuntime>(
         topics,
         mut connection,
         desired: mut received,
+        rpc,
         poller,
     } = link::start(
         LinkSettings {
@@ -225,6 +227,23 @@ async fn run_inner<R: PodRuntime>(
         },
         shutdown.clone(),
     )?;
+
+    // 4. Requests from the master (logs).
+    tokio::spawn(
+        crate::rpc::serve(
+            rpc,
+            crate::rpc::RpcContext {
+                node: settings.node.clone(),
+                client: client.clone(),
+                runtime,
+                desired: sync_tx.subscribe(),
+                snapshots: snapshots.clone(),
+                connection: connection.clone(),
+            },
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
 
     let node_status = settings
         .facts
@@ -354,6 +373,12 @@ impl Publisher {
             .try_subscribe(self.topics.desired.clone(), QoS::AtLeastOnce)
         {
             warn!(error = %e, "cannot subscribe to the desired state");
+        }
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.topics.rpc_request.clone(), QoS::AtLeastOnce)
+        {
+            warn!(error = %e, "cannot subscribe to rpc requests (bramble logs)");
         }
         self.presence(&Presence::Online {
             agent_version: settings.facts.node.agent_version.clone(),

@@ -240,6 +240,16 @@ fn rpc_request() -> Message {
     })
 }
 
+fn rpc_cancel() -> Message {
+    Message::RpcRequest(RpcRequest {
+        id: "7a2b9c4d-0e1f-4a5b-8c7d-6e5f4a3b2c1d".into(),
+        reply_topic: "bramble/home/rpc/resp/7a2b9c4d-0e1f-4a5b-8c7d-6e5f4a3b2c1d".into(),
+        call: RpcCall::Cancel {
+            id: "3e1d0f6a-9b8c-4d7e-a6f5-b4c3d2e1f0a9".into(),
+        },
+    })
+}
+
 fn rpc_response_log_chunk() -> Message {
     Message::RpcResponse(RpcResponse {
         id: "3e1d0f6a-9b8c-4d7e-a6f5-b4c3d2e1f0a9".into(),
@@ -270,6 +280,7 @@ fn samples() -> Vec<(&'static str, Message)> {
         ("presence_online", presence_online()),
         ("presence_offline", presence_offline()),
         ("rpc_request", rpc_request()),
+        ("rpc_cancel", rpc_cancel()),
         ("rpc_response_log_chunk", rpc_response_log_chunk()),
         ("rpc_response_error", rpc_response_error()),
     ]

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod controllers;
 pub mod device_image;
 pub mod dispatch;
+pub mod rpc;
 pub mod scheduler;
 pub mod store;

@@ -17,6 +17,7 @@
 //! serialised by an exclusive lock on `images.lock`.
 
 pub mod build;
+pub mod busybox;
 pub mod reference;
 pub mod unpack;
 

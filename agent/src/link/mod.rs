@@ -9,7 +9,9 @@
 //! awaits a publish while the poller waits on it deadlocks).
 //!
 //! The poller reports the connection state and the latest desired state
-//! through watch channels (never blocking either), reconnects with
+//! through watch channels (never blocking either), hands RPC requests (log
+//! requests) to a bounded queue (dropping them, logged, when it is full),
+//! reconnects with
 //! [`Backoff`] (1 s doubling to 60 s, full jitter) after a failure, resets
 //! it on ConnAck, and explains a refused login. What to do on (re)connect
 //! (subscribe, presence, reports) is up to the owner of the [`Link`].
@@ -22,13 +24,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bramble_common::wire::{
-    self, Backoff, DecodeError, Message, NodeDesired, Presence, TopicError,
+    self, Backoff, DecodeError, Message, NodeDesired, Presence, RpcRequest, TopicError,
 };
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
     Outgoing, Packet, QoS, StateError,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -45,6 +47,8 @@ const REQUEST_CAPACITY: usize = 64;
 const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 /// Largest outgoing MQTT packet: a bramble message plus the MQTT header.
 const MAX_OUTGOING_PACKET: usize = wire::MAX_MESSAGE_BYTES + 1024;
+/// RPC requests waiting for the agent; more are dropped (and logged).
+const RPC_QUEUE: usize = 16;
 /// How long the poller keeps flushing after shutdown.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
@@ -113,6 +117,8 @@ pub struct Topics {
     pub report: String,
     /// `bramble/{cluster}/nodes/{node}/presence`.
     pub presence: String,
+    /// `bramble/{cluster}/nodes/{node}/rpc/req`.
+    pub rpc_request: String,
 }
 
 impl Topics {
@@ -122,6 +128,7 @@ impl Topics {
             desired: wire::desired_topic(cluster, node)?,
             report: wire::report_topic(cluster, node)?,
             presence: wire::presence_topic(cluster, node)?,
+            rpc_request: wire::rpc_request_topic(cluster, node)?,
         })
     }
 }
@@ -137,6 +144,8 @@ pub struct Link {
     pub connection: watch::Receiver<Connection>,
     /// The newest desired state received (by generation).
     pub desired: watch::Receiver<Option<ReceivedDesired>>,
+    /// RPC requests from the master, in arrival order.
+    pub rpc: mpsc::Receiver<RpcRequest>,
     /// The poller task; it ends after a disconnect or at shutdown.
     pub poller: JoinHandle<()>,
 }
@@ -170,11 +179,14 @@ pub fn start(settings: LinkSettings, shutdown: Shutdown) -> Result<Link, LinkErr
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let (connection_tx, connection) = watch::channel(Connection::default());
     let (desired_tx, desired) = watch::channel(None);
+    let (rpc_tx, rpc) = mpsc::channel(RPC_QUEUE);
     let poller = Poller {
         eventloop,
         backoff: settings.backoff,
         node: settings.node.clone(),
         desired_topic: topics.desired.clone(),
+        rpc_topic: topics.rpc_request.clone(),
+        rpc_tx,
         connection_tx,
         desired_tx,
         logged: BTreeSet::new(),
@@ -188,6 +200,7 @@ pub fn start(settings: LinkSettings, shutdown: Shutdown) -> Result<Link, LinkErr
         topics,
         connection,
         desired,
+        rpc,
         poller,
     })
 }
@@ -240,6 +253,8 @@ struct Poller {
     backoff: Backoff,
     node: String,
     desired_topic: String,
+    rpc_topic: String,
+    rpc_tx: mpsc::Sender<RpcRequest>,
     connection_tx: watch::Sender<Connection>,
     desired_tx: watch::Sender<Option<ReceivedDesired>>,
     /// Reasons already logged for dropped payloads.
@@ -349,6 +364,10 @@ impl Poller {
     }
 
     fn received(&mut self, topic: &str, payload: Vec<u8>) {
+        if topic == self.rpc_topic {
+            self.received_rpc(&payload);
+            return;
+        }
         if topic != self.desired_topic {
             self.log_once(
                 format!("topic {topic}"),
@@ -395,6 +414,27 @@ impl Poller {
                     &format!("dropped an undecodable desired state: {e}"),
                 );
             }
+        }
+    }
+
+    fn received_rpc(&mut self, payload: &[u8]) {
+        match wire::decode(payload) {
+            Ok(Message::RpcRequest(request)) => {
+                if let Err(e) = self.rpc_tx.try_send(request) {
+                    warn!(error = %e, "dropped an rpc request: too many at once");
+                }
+            }
+            Ok(other) => self.log_once(
+                format!("rpc kind {}", other.kind()),
+                &format!(
+                    "dropped a {} message on the rpc request topic",
+                    other.kind()
+                ),
+            ),
+            Err(e) => self.log_once(
+                format!("rpc {}", decode_error_key(&e)),
+                &format!("dropped an undecodable rpc request: {e}"),
+            ),
         }
     }
 

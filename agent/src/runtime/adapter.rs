@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::{netns, PodDesired, Runtime, RuntimeError};
 use crate::network::{HostPort, NetworkError, NodeNetConfig, Peer, PodNetStatus, PodNetwork};
-use crate::sync::{PodRuntime, RuntimeError as SyncError};
+use crate::sync::{LogLocation, PodRuntime, RuntimeError as SyncError};
 
 /// What the adapter knows of the node network.
 #[derive(Debug, Default)]
@@ -328,6 +328,13 @@ impl PodRuntime for LinuxPodRuntime {
         blocking(move || runtime.list_pods().into_iter().map(|p| p.uid).collect())
             .await
             .unwrap_or_default()
+    }
+
+    fn container_log(&self, uid: &str, container: &str) -> LogLocation {
+        match self.runtime.log_path(uid, container) {
+            Some(path) => LogLocation::At(path),
+            None => LogLocation::NotStarted,
+        }
     }
 }
 

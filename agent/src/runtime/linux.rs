@@ -29,6 +29,7 @@ use bramble_common::meta::Condition;
 use serde::{Deserialize, Serialize};
 
 use super::backoff::{Backoff, RestartPolicy};
+use super::logs;
 use super::probes::{run_probe, ProbeTarget, ProbeTracker};
 use super::shim::{ShimConfig, ShimState, ShimStatus};
 use super::spec::{build_spec, parse_memory, MountSource, SpecInputs};
@@ -454,16 +455,13 @@ impl Inner {
     }
     fn log_path(&self, pod: &Pod, container: &str) -> PathBuf {
         let m = &pod.metadata;
-        self.cfg
-            .state_dir
-            .join("logs")
-            .join(format!(
-                "{}_{}_{}",
-                m.namespace.as_deref().unwrap_or("default"),
-                m.name.as_deref().unwrap_or(""),
-                m.uid.as_deref().unwrap_or("")
-            ))
-            .join(format!("{container}.log"))
+        logs::container_log_path(
+            &self.cfg.state_dir,
+            m.namespace.as_deref().unwrap_or("default"),
+            m.name.as_deref().unwrap_or(""),
+            m.uid.as_deref().unwrap_or(""),
+            container,
+        )
     }
 
     fn save_desired(&self, uid: &str, d: &PodDesired) -> Result<(), RuntimeError> {
@@ -668,6 +666,10 @@ impl Inner {
                 }
                 let recm = st.record.containers.entry(c.name.clone()).or_default();
                 recm.restart_count += 1;
+                let log = self.log_path(&d.pod, &c.name);
+                if let Err(e) = logs::archive_previous(&log) {
+                    tracing::warn!(error = %e, log = %log.display(), "cannot keep the previous run's log; the new run appends to it");
+                }
                 self.start(d, st, c);
                 false
             }

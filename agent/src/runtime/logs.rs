@@ -141,19 +141,126 @@ impl LineSplitter {
     }
 }
 
+/// Where a container logs: `{state_dir}/logs/{namespace}_{pod}_{uid}/{container}.log`
+/// (kubelet's layout), the live file of its current run.
+pub fn container_log_path(
+    state_dir: &Path,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+) -> PathBuf {
+    state_dir
+        .join("logs")
+        .join(format!("{namespace}_{pod}_{uid}"))
+        .join(format!("{container}.log"))
+}
+
+/// The live log file of a container's previous run, given its current one:
+/// `NAME.previous.log` beside `NAME.log` (container names have no dots).
+pub fn previous_log_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".log"))
+        .unwrap_or("container");
+    path.with_file_name(format!("{stem}.previous.log"))
+}
+
+fn rotated(path: &Path, i: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{i}", path.display()))
+}
+
+/// Highest rotation suffix looked at when reading or moving a log.
+const MAX_ROTATED: u32 = 99;
+
+/// The files of a log, oldest first (`PATH.N` ... `PATH.1`, `PATH`), those
+/// that exist.
+pub fn log_files(path: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = (1..=MAX_ROTATED)
+        .rev()
+        .map(|i| rotated(path, i))
+        .filter(|p| p.exists())
+        .collect();
+    if path.exists() {
+        files.push(path.to_path_buf());
+    }
+    files
+}
+
+/// Keeps the log of the run that just ended as the "previous" log (what
+/// `bramble logs --previous` shows) before the container starts again; the
+/// run before it is dropped, as kubelet does.
+pub fn archive_previous(path: &Path) -> io::Result<()> {
+    let previous = previous_log_path(path);
+    for old in log_files(&previous) {
+        fs::remove_file(old)?;
+    }
+    for i in 1..=MAX_ROTATED {
+        let from = rotated(path, i);
+        if from.exists() {
+            fs::rename(from, rotated(&previous, i))?;
+        }
+    }
+    match fs::rename(path, &previous) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Where the last `lines` records of `files` (oldest first) begin: the
+/// index of a file and a byte offset in it. Reads backwards in blocks, so a
+/// large log costs no more memory than one block.
+pub fn tail_start(files: &[PathBuf], lines: u64) -> io::Result<(usize, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    if lines == 0 {
+        let last = files.len().saturating_sub(1);
+        let end = files
+            .get(last)
+            .map_or(Ok(0), |f| fs::metadata(f).map(|m| m.len()))?;
+        return Ok((last, end));
+    }
+    // Newlines seen so far, counting back from the end; the newline that
+    // ends the last record does not start a record.
+    let mut seen = 0u64;
+    let mut first_block = true;
+    for (index, file) in files.iter().enumerate().rev() {
+        let mut f = fs::File::open(file)?;
+        let mut end = f.metadata()?.len();
+        let mut buf = vec![0u8; BLOCK as usize];
+        while end > 0 {
+            let start = end.saturating_sub(BLOCK);
+            let len = (end - start) as usize;
+            f.seek(SeekFrom::Start(start))?;
+            f.read_exact(&mut buf[..len])?;
+            for (i, byte) in buf[..len].iter().enumerate().rev() {
+                if *byte != b'\n' {
+                    continue;
+                }
+                if first_block && start + i as u64 + 1 == end && seen == 0 {
+                    // The final newline of the log.
+                    first_block = false;
+                    continue;
+                }
+                first_block = false;
+                seen += 1;
+                if seen == lines {
+                    return Ok((index, start + i as u64 + 1));
+                }
+            }
+            first_block = false;
+            end = start;
+        }
+    }
+    Ok((0, 0))
+}
+
 /// Reads a container's log back as plain text (message part of each record,
 /// oldest file first).
 pub fn read_log_text(path: &Path) -> io::Result<String> {
-    let mut files = Vec::new();
-    for i in (1..100).rev() {
-        let p = PathBuf::from(format!("{}.{i}", path.display()));
-        if p.exists() {
-            files.push(p);
-        }
-    }
-    files.push(path.to_path_buf());
     let mut out = String::new();
-    for f in files {
+    for f in log_files(path) {
         let text = match fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -190,6 +297,69 @@ mod tests {
         let text = read_log_text(&p).expect("read");
         assert!(text.ends_with("line 99\n"));
         assert!(fs::metadata(&p).expect("meta").len() <= 1024);
+    }
+
+    fn write_lines(path: &Path, from: u32, to: u32) {
+        let mut text = String::new();
+        for i in from..to {
+            text.push_str(&format!(
+                "2024-05-01T10:00:00.000000000Z stdout F line {i}\n"
+            ));
+        }
+        fs::write(path, text).expect("write");
+    }
+
+    fn text_from(files: &[PathBuf], (index, offset): (usize, u64)) -> String {
+        let mut out = String::new();
+        for (i, f) in files.iter().enumerate().skip(index) {
+            let text = fs::read_to_string(f).expect("read");
+            let skip = if i == index { offset as usize } else { 0 };
+            out.push_str(&text[skip..]);
+        }
+        out
+    }
+
+    #[test]
+    fn tail_finds_the_last_lines_across_rotated_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let live = dir.path().join("c.log");
+        write_lines(&rotated(&live, 1), 0, 5);
+        write_lines(&live, 5, 8);
+        let files = log_files(&live);
+        assert_eq!(files, vec![rotated(&live, 1), live.clone()]);
+        let last2 = text_from(&files, tail_start(&files, 2).expect("tail"));
+        assert_eq!(last2.lines().count(), 2);
+        assert!(last2.starts_with("2024") && last2.contains("line 6") && last2.contains("line 7"));
+        let last4 = text_from(&files, tail_start(&files, 4).expect("tail"));
+        assert_eq!(last4.lines().count(), 4);
+        assert!(last4.contains("line 4\n"), "{last4}");
+        let all = text_from(&files, tail_start(&files, 100).expect("tail"));
+        assert_eq!(all.lines().count(), 8);
+        assert_eq!(text_from(&files, tail_start(&files, 0).expect("tail")), "");
+    }
+
+    #[test]
+    fn archive_previous_keeps_one_previous_run() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let live = dir.path().join("app.log");
+        assert_eq!(
+            previous_log_path(&live),
+            dir.path().join("app.previous.log")
+        );
+        write_lines(&live, 0, 1);
+        write_lines(&rotated(&live, 1), 10, 11);
+        archive_previous(&live).expect("archive");
+        assert!(log_files(&live).is_empty());
+        let previous = read_log_text(&previous_log_path(&live)).expect("read");
+        assert_eq!(previous, "line 10\nline 0\n");
+        write_lines(&live, 1, 2);
+        archive_previous(&live).expect("archive again");
+        let previous = read_log_text(&previous_log_path(&live)).expect("read");
+        assert_eq!(
+            previous, "line 1\n",
+            "the run before the previous one is dropped"
+        );
+        archive_previous(&live).expect("nothing to archive is fine");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use bramble_common::wire::{NodeDesired, PodStatusReport};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-pub use runtime::{PodDesired, PodRuntime, RuntimeError};
+pub use runtime::{LogLocation, PodDesired, PodRuntime, RuntimeError};
 
 use crate::shutdown::Shutdown;
 

@@ -24,6 +24,7 @@
 //! goes to `spawn_blocking` or a thread of the runtime's own.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bramble_common::api::PodStatus;
@@ -44,6 +45,18 @@ pub enum RuntimeError {
     /// The call failed; the sync loop retries on its next pass.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Where a runtime keeps a container's log (see [`PodRuntime::container_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLocation {
+    /// This runtime keeps no container logs (the simulated runtime).
+    NotKept,
+    /// The runtime does not know the pod yet (it has not started it).
+    NotStarted,
+    /// The live log file of the container's current run (CRI records,
+    /// rotated to `PATH.1`, ...; see [`crate::runtime::logs`]).
+    At(PathBuf),
 }
 
 /// What the sync loop needs from a container runtime; see the module
@@ -84,5 +97,13 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn sync_node(&self, desired: &NodeDesired) -> impl Future<Output = ()> + Send {
         let _ = desired;
         async {}
+    }
+
+    /// Where container `container` of pod `uid` logs. Called by the log
+    /// requests of `bramble logs`; must be cheap. [`LogLocation::NotKept`]
+    /// by default.
+    fn container_log(&self, uid: &str, container: &str) -> LogLocation {
+        let _ = (uid, container);
+        LogLocation::NotKept
     }
 }

@@ -8,112 +8,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use bramble_agent::images::build::{ImageBuilder, LayerEntry};
-use bramble_agent::images::{ExecConfig, ImageStore};
+use bramble_agent::images::ImageStore;
 use bramble_agent::runtime::{LinuxRuntime, PodDesired, Runtime, RuntimeConfig};
 use bramble_common::api::{Container, Pod, PodSpec, PodStatus};
 use bramble_common::ObjectMeta;
 
-/// Path of the static busybox from Debian's `busybox-static`.
-pub const BUSYBOX: &str = "/bin/busybox";
+#[allow(unused_imports)]
+pub use bramble_agent::images::busybox::{busybox_image, busybox_layer, BUSYBOX};
 
-/// Makes sure `busybox-static` is installed (installing it with apt-get if
-/// needed), or fails saying so.
+/// Makes sure `busybox-static` is installed (installing it if needed), or
+/// fails the test saying what to do.
 pub fn ensure_busybox() {
-    if is_static_busybox() {
-        return;
+    if let Err(e) = bramble_agent::images::busybox::ensure_busybox() {
+        panic!("{e}");
     }
-    let _ = std::process::Command::new("apt-get")
-        .args(["install", "-y", "busybox-static"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-    assert!(
-        is_static_busybox(),
-        "the tests need Debian's busybox-static at {BUSYBOX}: run `apt-get install -y busybox-static`"
-    );
-}
-
-fn is_static_busybox() -> bool {
-    // The dynamic `busybox` package would not run inside an empty rootfs:
-    // look for a PT_INTERP program header in the ELF file.
-    let Ok(b) = std::fs::read(BUSYBOX) else {
-        return false;
-    };
-    if b.len() < 64 || &b[..4] != b"\x7fELF" {
-        return false;
-    }
-    let u16le = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let u32le = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
-    let (phoff, phentsize, phnum) = if b[4] == 2 {
-        (u32le(0x20) | (u32le(0x24) << 32), u16le(0x36), u16le(0x38))
-    } else {
-        (u32le(0x1c), u16le(0x2a), u16le(0x2c))
-    };
-    (0..phnum).all(|i| {
-        let o = phoff + i * phentsize;
-        o + 4 <= b.len() && u32le(o) != 3
-    })
-}
-
-const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "httpd", "wget", "ls", "head", "tr", "dd", "true", "false",
-    "mkdir", "hostname", "env", "nc", "ps", "id", "touch", "test", "[", "seq", "grep", "rm",
-];
-
-/// The layer every test image has: busybox and its applets, `/etc/passwd`,
-/// a web root.
-pub fn busybox_layer() -> Vec<LayerEntry> {
-    let mut l = vec![];
-    for d in ["bin", "etc", "proc", "sys", "dev", "root", "www", "var"] {
-        l.push(LayerEntry::Dir {
-            path: d.into(),
-            mode: 0o755,
-        });
-    }
-    l.push(LayerEntry::Dir {
-        path: "tmp".into(),
-        mode: 0o1777,
-    });
-    l.push(LayerEntry::HostFile {
-        path: "bin/busybox".into(),
-        source: BUSYBOX.into(),
-        mode: 0o755,
-    });
-    for a in APPLETS {
-        l.push(LayerEntry::Symlink {
-            path: format!("bin/{a}"),
-            target: "busybox".into(),
-        });
-    }
-    l.push(LayerEntry::File {
-        path: "etc/passwd".into(),
-        data: b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n".to_vec(),
-        mode: 0o644,
-    });
-    l.push(LayerEntry::File {
-        path: "etc/group".into(),
-        data: b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
-        mode: 0o644,
-    });
-    l.push(LayerEntry::File {
-        path: "www/index.html".into(),
-        data: b"hello from bramble httpd\n".to_vec(),
-        mode: 0o644,
-    });
-    l
-}
-
-/// A busybox image named `name` whose default command is `cmd`.
-pub fn busybox_image(name: &str, cmd: &[&str]) -> ImageBuilder {
-    let mut b = ImageBuilder::new(name);
-    b.layers.push(busybox_layer());
-    b.config = ExecConfig {
-        cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-        env: Some(vec!["PATH=/bin".into()]),
-        working_dir: Some("/".into()),
-        ..Default::default()
-    };
-    b
 }
 
 /// Imports the three standard test images into `store`: `bramble.test/hello`

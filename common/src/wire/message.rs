@@ -282,6 +282,12 @@ pub enum RpcCall {
         /// Only the last bytes.
         since_bytes: Option<u64>,
     },
+    /// Stop answering request `id` (the master's client went away, e.g. a
+    /// `bramble logs -f` that was interrupted). Unknown IDs are ignored.
+    Cancel {
+        /// The ID of the request to stop.
+        id: String,
+    },
 }
 
 /// One part of the answer to an [`RpcRequest`].
@@ -302,7 +308,9 @@ pub struct RpcResponse {
 pub enum RpcBody {
     /// A chunk of log output; keep it at most [`crate::wire::MAX_RPC_CHUNK_BYTES`].
     LogChunk {
-        /// Raw log bytes.
+        /// Log records as the agent stores them (CRI format, one per line:
+        /// `TIMESTAMP STREAM F|P MESSAGE`); a chunk may end mid-record, the
+        /// next one continues it. The master turns them into plain text.
         data: Vec<u8>,
     },
     /// The request failed.

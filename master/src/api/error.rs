@@ -23,6 +23,11 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
+    /// 503 Service Unavailable: a node or the broker cannot be reached.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
     /// 401 Unauthorized.
     pub fn unauthorized() -> Self {
         Self::new(

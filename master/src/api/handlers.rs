@@ -41,6 +41,11 @@ pub async fn resource(
             }
         }
         (&Method::POST, None, None) => create(state, &target, &query, &headers, &body).await,
+        (&Method::GET, Some(name), Some(Subresource::Log)) => {
+            let namespace = target.namespace.as_deref().unwrap_or("default");
+            super::logs::serve(state, namespace, name, &query).await
+        }
+        (_, _, Some(Subresource::Log)) => Err(ApiError::method_not_allowed(method.as_str(), &path)),
         (&Method::GET, Some(name), _) => {
             let key = object_key(&target, name);
             let object = state
@@ -379,7 +384,8 @@ async fn write_update(
             let status = value.get("status").cloned().unwrap_or(Value::Null);
             state.store.update_status(key, status, precondition).await
         }
-        None => state.store.update(key, value, precondition).await,
+        // `log` is read-only: `resource` answers writes to it before here.
+        None | Some(Subresource::Log) => state.store.update(key, value, precondition).await,
     }
 }
 

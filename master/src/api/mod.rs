@@ -9,6 +9,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod logs;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub scratch_dir: std::path::PathBuf,
     /// Serialises node registrations (pod CIDRs are handed out from what exists).
     pub node_registration: tokio::sync::Mutex<()>,
+    /// Reaches the agents (logs).
+    pub rpc: Arc<crate::rpc::RpcHub>,
 }
 
 /// The API router: one dispatcher for every path.

@@ -53,6 +53,8 @@ pub struct ResourceTarget {
 pub enum Subresource {
     /// `/status`
     Status,
+    /// `/log` (pods only)
+    Log,
 }
 
 /// Why a path is not served.
@@ -91,8 +93,9 @@ pub fn parse_path(path: &str) -> Result<Route, NoRoute> {
 }
 
 fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute> {
-    let subresource = |s: &str| match s {
+    let subresource = |plural: &&str, s: &str| match s {
         "status" => Ok(Subresource::Status),
+        "log" if plural == &"pods" => Ok(Subresource::Log),
         _ => Err(NoRoute),
     };
     // Namespaced paths: namespaces/{ns}/{plural}[/{name}[/{sub}]].
@@ -101,7 +104,7 @@ fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute
             let (name, sub) = match tail {
                 [] => (None, None),
                 [name] => (Some(name.to_string()), None),
-                [name, sub] => (Some(name.to_string()), Some(subresource(sub)?)),
+                [name, sub] => (Some(name.to_string()), Some(subresource(plural, sub)?)),
                 _ => return Err(NoRoute),
             };
             return Ok(ResourceTarget {
@@ -118,7 +121,9 @@ fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute
     let (name, sub) = match tail {
         [] => (None, None),
         [name] if !kind.namespaced() => (Some(name.to_string()), None),
-        [name, sub] if !kind.namespaced() => (Some(name.to_string()), Some(subresource(sub)?)),
+        [name, sub] if !kind.namespaced() => {
+            (Some(name.to_string()), Some(subresource(plural, sub)?))
+        }
         _ => return Err(NoRoute),
     };
     Ok(ResourceTarget {
@@ -176,6 +181,14 @@ mod tests {
         assert_eq!(
             parse_path("/api/v1/namespaces/default/pods/web/exec"),
             Err(NoRoute)
+        );
+        assert_eq!(
+            parse_path("/api/v1/namespaces/default/services/web/log"),
+            Err(NoRoute)
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/default/pods/web/log").subresource,
+            Some(Subresource::Log)
         );
         assert_eq!(parse_path("/version"), Ok(Route::Version));
     }

@@ -347,15 +347,6 @@ async fn run(
     };
     let credentials =
         pki::load_or_create(&config.data_dir, &pki_options).map_err(|e| e.to_string())?;
-    let state = Arc::new(api::ApiState {
-        store: store.clone(),
-        auth: api::auth::Authenticator::new(credentials.admin_token_sha256),
-        max_body_bytes: 3 * 1024 * 1024,
-        scratch_dir: config.data_dir.clone(),
-        node_registration: tokio::sync::Mutex::new(()),
-    });
-    let app = api::router(state);
-
     // Stop everything on the first SIGINT/SIGTERM.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -365,6 +356,16 @@ async fn run(
         }
     };
     let (mqtt, broker_credentials) = start_mqtt(&config, &store, stopped.clone()).await?;
+    let rpc = crate::rpc::RpcHub::start(&mqtt, &config.cluster_name, stopped())?;
+    let state = Arc::new(api::ApiState {
+        store: store.clone(),
+        auth: api::auth::Authenticator::new(credentials.admin_token_sha256),
+        max_body_bytes: 3 * 1024 * 1024,
+        scratch_dir: config.data_dir.clone(),
+        node_registration: tokio::sync::Mutex::new(()),
+        rpc,
+    });
+    let app = api::router(state);
     let health = Arc::new(crate::controllers::node_lifecycle::NodeHealth::default());
     let settings = crate::dispatch::ClusterSettings {
         cluster_name: config.cluster_name.clone(),

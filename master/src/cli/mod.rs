@@ -5,6 +5,7 @@ mod apply;
 pub mod client;
 mod get;
 mod local_agent;
+mod logs;
 mod master;
 mod node;
 mod output;
@@ -55,6 +56,8 @@ pub enum Command {
     Describe(get::DescribeArgs),
     /// Delete objects by name or from files.
     Delete(get::DeleteArgs),
+    /// Print a container's log, fetched from its node (`-f` to follow).
+    Logs(logs::LogsArgs),
     /// Build flashable device images (agent, enabled unit, config baked in).
     #[command(name = "device-image", subcommand)]
     DeviceImage(crate::device_image::DeviceImageCommand),
@@ -108,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Get(args) => runtime.block_on(get::get(cli.kubeconfig.as_deref(), args)),
         Command::Describe(args) => runtime.block_on(get::describe(cli.kubeconfig.as_deref(), args)),
         Command::Delete(args) => runtime.block_on(get::delete(cli.kubeconfig.as_deref(), args)),
+        Command::Logs(args) => runtime.block_on(logs::run(cli.kubeconfig.as_deref(), args)),
         Command::Node(cmd) => runtime.block_on(node::run(cli.kubeconfig.as_deref(), cmd)),
         Command::Snapshot(cmd) => runtime.block_on(snapshot::run(cli.kubeconfig.as_deref(), cmd)),
         Command::Version => runtime.block_on(version(cli.kubeconfig.as_deref())),

@@ -751,11 +751,20 @@ async fn flood(pods: usize, nodes: usize, options: StoreOptions, scheduler: Sche
         per_node.values().all(|&n| n == pods / nodes),
         "{per_node:?}"
     );
-    let (events, _) = store
-        .list(Kind::Event, Some("default"))
-        .await
-        .expect("list");
-    let scheduled = events.iter().filter(|e| e["reason"] == "Scheduled").count();
+    // The Scheduled event is written after the binding: wait for the last
+    // ones (a bounded wait), then check there is exactly one per pod.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let scheduled = loop {
+        let (events, _) = store
+            .list(Kind::Event, Some("default"))
+            .await
+            .expect("list");
+        let scheduled = events.iter().filter(|e| e["reason"] == "Scheduled").count();
+        if scheduled >= pods || std::time::Instant::now() >= deadline {
+            break scheduled;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(scheduled, pods, "each pod is bound exactly once");
     eprintln!("{pods} pods bound in {:?}", started.elapsed());
     running.stop().await;

@@ -1,0 +1,287 @@
+//! A node with the real runtime for end-to-end tests through the master:
+//! the real `bramble-agent` (default runtime, no `--runtime` flag) with its
+//! own state and run dirs, the test image imported with
+//! `bramble-agent image import`, and a cleanup that leaves no process,
+//! cgroup or mount behind even when the test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bramble_agent::images::busybox;
+use bramble_agent::runtime::{LinuxRuntime, Runtime, RuntimeConfig};
+
+use super::{agent_bin, wait_until};
+
+/// The test image: busybox-static with its applets, default command `sh`.
+pub const IMAGE: &str = "bramble.test/busybox:1";
+
+/// Writes [`IMAGE`] as a `docker save` archive to `file`, built by the
+/// project's own image builder from Debian's busybox-static.
+pub fn write_test_image(file: &Path) {
+    if let Err(e) = busybox::ensure_busybox() {
+        panic!("{e}");
+    }
+    busybox::busybox_image(IMAGE, &["sh"])
+        .write_docker_archive(file)
+        .expect("write the test image archive");
+}
+
+/// A real agent for node `name`, started by [`RealNode::start`].
+pub struct RealNode {
+    /// The node's name.
+    pub name: String,
+    /// Its directory (`state/`, `run/`).
+    pub dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    /// Everything it printed on stderr, across restarts.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl RealNode {
+    /// Import the test image and start `bramble-agent` (the default, real
+    /// runtime) for `name` with `token` against `mqtt` (`host:port`), its
+    /// directories under `dir/name`, a 1 s heartbeat, `extra` flags and
+    /// `env`.
+    pub fn start(
+        dir: &Path,
+        mqtt: &str,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RealNode {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, "heartbeat-seconds = 1\n").expect("write agent.toml");
+        let mut args = vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--master".into(),
+            format!("mqtt://{mqtt}"),
+            "--node".into(),
+            name.into(),
+            "--token".into(),
+            token.into(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--run-dir".into(),
+            dir.join("run").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let node = RealNode {
+            name: name.to_string(),
+            dir,
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            log: Arc::default(),
+        };
+        let archive = node.dir.join("image.tar");
+        write_test_image(&archive);
+        let out = Command::new(agent_bin())
+            .arg("image")
+            .arg("import")
+            .arg(&archive)
+            .arg("--state-dir")
+            .arg(node.state_dir())
+            .output()
+            .expect("run bramble-agent image import");
+        assert!(
+            out.status.success(),
+            "bramble-agent image import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut node = node;
+        node.spawn();
+        node
+    }
+
+    /// The agent's state dir.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The agent's run dir.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent {} already running", self.name);
+        let mut child = Command::new(agent_bin())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("BRAMBLE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bramble-agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::clone(&self.log);
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().expect("log").push(format!("[{name}] {line}"));
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// SIGKILL the agent (its containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the agent again with the same flags.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// The whole log as text.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// The node's cgroup dirs (one per v1 hierarchy, or the v2 one).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for entry in entries.flatten() {
+                let p = entry.path().join("bramble").join(&self.name);
+                if p.exists() {
+                    out.push(p);
+                }
+            }
+        }
+        let p = Path::new("/sys/fs/cgroup/bramble").join(&self.name);
+        if p.exists() {
+            out.push(p);
+        }
+        out
+    }
+
+    /// Processes in the node's cgroups.
+    pub fn processes(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for dir in self.cgroup_dirs() {
+            collect_procs(&dir, &mut pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Mounts under the node's directory.
+    pub fn mounts(&self) -> Vec<String> {
+        let prefix = self.dir.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Pod network namespaces still mounted for this node.
+    pub fn netns_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.run_dir().join("netns"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Wait until the agent logs `text`.
+    #[track_caller]
+    pub fn wait_log(&self, text: &str) {
+        wait_until(
+            &format!("agent {} logs {text:?}", self.name),
+            Duration::from_secs(60),
+            || {
+                let log = self.log.lock().expect("log");
+                if log.iter().any(|l| l.contains(text)) {
+                    Ok(())
+                } else {
+                    Err(log.join("\n"))
+                }
+            },
+        )
+    }
+}
+
+fn collect_procs(dir: &Path, pids: &mut Vec<i32>) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_procs(&entry.path(), pids);
+            }
+        }
+    }
+}
+
+fn rmdir_tree(p: &Path) {
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&entry.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        if std::fs::remove_dir(p).is_ok() || !p.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log:\n{}", self.name, self.log_text());
+        }
+        self.kill9();
+        // Stop whatever pods the agent left, through the runtime itself.
+        if let Ok(runtime) = LinuxRuntime::new(RuntimeConfig::new(
+            &self.name,
+            self.state_dir(),
+            self.run_dir(),
+        )) {
+            let _ = runtime.adopt_existing();
+            for pod in runtime.list_pods() {
+                let _ = runtime.kill_pod(&pod.uid, Some(Duration::ZERO));
+            }
+            runtime.shutdown();
+        }
+        // Anything still left (a runtime that could not open): kill, unmount, rmdir.
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for dir in self.cgroup_dirs() {
+            rmdir_tree(&dir);
+        }
+    }
+}
