@@ -324,3 +324,162 @@ fn logs_through_the_master_with_bramble_and_kubectl() {
             .ok_or_else(|| support::stderr(&out))
     });
 }
+
+/// The pids of a pod's containers, from the node's cgroups (any process
+/// whose cgroup path names the pod's UID).
+fn pod_processes(node: &RealNode, uid: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = node
+        .processes()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(uid))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[test]
+fn the_real_runtime_through_the_master() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let master = start_master(dir.path());
+    let name = node_name("life");
+    let token = add_node(&master, &name);
+    let mut node = RealNode::start(
+        dir.path(),
+        &master.mqtt,
+        &name,
+        &token,
+        &["--no-network"],
+        &[],
+    );
+    wait_ready(&master, &name, "True");
+
+    // Over its memory limit: OOMKilled, restarted, backing off.
+    let mut hog = pod(
+        "hog",
+        &name,
+        &[(
+            "app",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        )],
+        "Always",
+    );
+    hog["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "32Mi"}});
+    apply(&master, &hog);
+    wait_pod(&master, "hog", "OOMKilled and backing off", |pod| {
+        let status = container_status(pod, "app")?;
+        let oom = status["lastState"]["terminated"]["reason"] == "OOMKilled";
+        let backoff = status["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        (oom && backoff && status["restartCount"].as_i64()? >= 1).then_some(())
+    });
+    let table = ok(master.bramble(&["get", "pods", "hog"]));
+    assert!(
+        table.contains("CrashLoopBackOff") || table.contains("OOMKilled"),
+        "{table}"
+    );
+    ok(master.bramble(&["delete", "pod", "hog"]));
+
+    // A long-running pod survives its agent: same processes after a kill -9
+    // and a restart, no restart counted, and the agent says it adopted it.
+    apply(
+        &master,
+        &pod("keeper", &name, &[("app", "sleep 3600")], "Always"),
+    );
+    let uid = wait_pod(&master, "keeper", "Running", |pod| {
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["metadata"]["uid"].as_str().map(str::to_string))?
+    });
+    let before = pod_processes(&node, &uid);
+    assert!(!before.is_empty(), "the pod's processes are in its cgroup");
+    node.kill9();
+    wait_ready(&master, &name, "Unknown");
+    assert_eq!(
+        pod_processes(&node, &uid),
+        before,
+        "containers outlive the agent"
+    );
+    node.restart();
+    node.wait_log("re-adopted running pods");
+    wait_ready(&master, &name, "True");
+    assert_eq!(pod_processes(&node, &uid), before, "adopted, not restarted");
+    let keeper = get_json(&master, &["pod", "keeper"]).expect("get keeper");
+    assert_eq!(
+        container_status(&keeper, "app").expect("status")["restartCount"],
+        0
+    );
+
+    // 100 pods created and deleted, ten at a time: nothing of them is left.
+    for round in 0..10 {
+        let names: Vec<String> = (0..10).map(|i| format!("cycle-{round}-{i}")).collect();
+        for name_i in &names {
+            apply(
+                &master,
+                &pod(name_i, &name, &[("app", "sleep 3600")], "Always"),
+            );
+        }
+        for name_i in &names {
+            wait_pod(&master, name_i, "Running", phase_is("Running"));
+        }
+        let mut delete = vec!["delete", "pod"];
+        delete.extend(names.iter().map(String::as_str));
+        ok(master.bramble(&delete));
+        for name_i in &names {
+            wait_until(&format!("pod {name_i} gone"), SETTLE, || {
+                match get_json(&master, &["pod", name_i]) {
+                    Err(e) if e.contains("not found") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            });
+        }
+    }
+    wait_until(
+        "only keeper's processes, mounts and netns left",
+        SETTLE,
+        || {
+            let processes = node.processes();
+            let netns = node.netns_files();
+            let mounts: Vec<String> = node
+                .mounts()
+                .into_iter()
+                .filter(|m| !m.contains(&uid))
+                .collect();
+            if processes == before && netns.len() == 1 && mounts.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                "processes {processes:?} (keeper: {before:?}), netns {netns:?}, mounts {mounts:?}"
+            ))
+            }
+        },
+    );
+    let pod_dirs = std::fs::read_dir(node.run_dir().join(&name).join("pods"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert!(pod_dirs <= 1, "{pod_dirs} pod dirs left in the run dir");
+
+    // A device without the memory cgroup: NotReady, with the fix.
+    let bare = node_name("nomem");
+    let bare_token = add_node(&master, &bare);
+    let _bare = RealNode::start(
+        dir.path(),
+        &master.mqtt,
+        &bare,
+        &bare_token,
+        &["--no-network"],
+        &[("BRAMBLE_FAKE_CGROUP_CONTROLLERS", "cpu cpuacct pids")],
+    );
+    let node_json = wait_ready(&master, &bare, "False");
+    let (_, message) = ready_of(&node_json);
+    assert!(
+        message.contains("cgroup_enable=memory cgroup_memory=1"),
+        "{message}"
+    );
+    let described = ok(master.bramble(&["describe", "node", &bare]));
+    assert!(
+        described.contains("cgroup_enable=memory cgroup_memory=1"),
+        "{described}"
+    );
+    let table = ok(master.bramble(&["get", "nodes", &bare]));
+    assert!(table.contains("NotReady"), "{table}");
+}
