@@ -365,7 +365,16 @@ fn pod_desired(uid: &str, command: &[&str], restart: &str) -> PodDesired {
     }
 }
 
-fn bramble_runtime_cycles(dir: &Path, agent: &Path, archive: &Path, n: usize) -> Vec<Duration> {
+/// The phases of one bramble runtime cycle.
+#[derive(Default)]
+struct Phases {
+    total: Vec<Duration>,
+    running: Vec<Duration>,
+    ended: Vec<Duration>,
+    deleted: Vec<Duration>,
+}
+
+fn bramble_runtime_cycles(dir: &Path, agent: &Path, archive: &Path, n: usize) -> Phases {
     let mut config = RuntimeConfig::new("bench-rt", dir.join("state"), dir.join("run"));
     config.shim_binary = agent.to_path_buf();
     let runtime = LinuxRuntime::new(config).unwrap_or_else(|e| panic!("runtime: {e}"));
@@ -373,21 +382,27 @@ fn bramble_runtime_cycles(dir: &Path, agent: &Path, archive: &Path, n: usize) ->
         .images()
         .import(archive)
         .unwrap_or_else(|e| panic!("import: {e}"));
-    let mut samples = Vec::new();
-    for i in 0..n {
+    let mut phases = Phases::default();
+    // One warm-up cycle, not counted (first use of the image's layers).
+    for i in 0..=n {
         let uid = format!("00000000-0000-4000-8000-{i:012}");
         let desired = pod_desired(&uid, &["true"], "Never");
         let started = Instant::now();
         runtime
             .sync_pod(&desired)
             .unwrap_or_else(|e| panic!("sync: {e}"));
+        let mut running = None;
         loop {
-            let done = runtime.pod_status(&uid).is_some_and(|s| {
-                s.container_statuses
+            let status = runtime.pod_status(&uid);
+            let states = status.map(|s| s.container_statuses).unwrap_or_default();
+            if running.is_none()
+                && states
                     .iter()
-                    .any(|c| c.state.terminated.is_some())
-            });
-            if done {
+                    .any(|c| c.state.running.is_some() || c.state.terminated.is_some())
+            {
+                running = Some(started.elapsed());
+            }
+            if states.iter().any(|c| c.state.terminated.is_some()) {
                 break;
             }
             assert!(
@@ -396,25 +411,36 @@ fn bramble_runtime_cycles(dir: &Path, agent: &Path, archive: &Path, n: usize) ->
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+        let ended = started.elapsed();
         runtime
             .kill_pod(&uid, Some(Duration::ZERO))
             .unwrap_or_else(|e| panic!("kill: {e}"));
-        samples.push(started.elapsed());
+        let total = started.elapsed();
         let _ = runtime.remove_pod_logs(&uid);
+        if i == 0 {
+            continue;
+        }
+        phases.total.push(total);
+        phases.running.push(running.unwrap_or(ended));
+        phases.ended.push(ended - running.unwrap_or(ended));
+        phases.deleted.push(total - ended);
     }
     runtime.shutdown();
-    samples
+    phases
 }
 
 fn oci_cycles(tool: &str, bundle: &Path, n: usize) -> Vec<Duration> {
     let mut samples = Vec::new();
     let bundle = bundle.display().to_string();
-    for i in 0..n {
+    // One warm-up cycle, not counted, as for bramble.
+    for i in 0..=n {
         let id = format!("bench-{tool}-{i}");
         let started = Instant::now();
         must(tool, &["run", "--bundle", &bundle, &id]);
         must(tool, &["delete", "--force", &id]);
-        samples.push(started.elapsed());
+        if i > 0 {
+            samples.push(started.elapsed());
+        }
     }
     samples
 }
@@ -800,11 +826,17 @@ fn main() {
     print_table(
         &format!("1. container create + start + wait + delete (`true`), {n} in a row"),
         &[
-            row("bramble LinuxRuntime (whole pod)", &bramble_rt),
+            row("bramble LinuxRuntime (whole pod)", &bramble_rt.total),
             row("crun run + delete", &crun_rt),
             row("runc run + delete", &runc_rt),
         ],
         1,
+    );
+    println!(
+        "  bramble phases, p50: started (sandbox + shim + container) {:.1} ms, exit seen {:.1} ms later, deleted in {:.1} ms",
+        percentile(&bramble_rt.running, 50.0),
+        percentile(&bramble_rt.ended, 50.0),
+        percentile(&bramble_rt.deleted, 50.0)
     );
 
     // 2. Pod start latency: through the API, podman, crun.

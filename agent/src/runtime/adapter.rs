@@ -330,6 +330,10 @@ impl PodRuntime for LinuxPodRuntime {
             .unwrap_or_default()
     }
 
+    fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.runtime.status_changes()
+    }
+
     fn container_log(&self, uid: &str, container: &str) -> LogLocation {
         match self.runtime.log_path(uid, container) {
             Some(path) => LogLocation::At(path),

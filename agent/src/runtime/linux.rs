@@ -29,6 +29,7 @@ use bramble_common::meta::Condition;
 use serde::{Deserialize, Serialize};
 
 use super::backoff::{Backoff, RestartPolicy};
+use super::events::StatusEvents;
 use super::logs;
 use super::probes::{run_probe, ProbeTarget, ProbeTracker};
 use super::shim::{ShimConfig, ShimState, ShimStatus};
@@ -99,6 +100,11 @@ struct Inner {
     cfg: RuntimeConfig,
     images: ImageStore,
     pods: Mutex<BTreeMap<String, Arc<PodHandle>>>,
+    /// Wakes pod workers when a shim writes a status (None: inotify is
+    /// unavailable, workers only tick).
+    events: Option<Arc<StatusEvents>>,
+    /// Bumped whenever a pod's status changes.
+    status_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The real runtime: containers with libcontainer through shims.
@@ -146,13 +152,28 @@ impl LinuxRuntime {
         ] {
             fs::create_dir_all(&d).map_err(ioe(format!("create {}", d.display())))?;
         }
-        Ok(LinuxRuntime {
-            inner: Arc::new(Inner {
-                cfg,
-                images,
-                pods: Mutex::new(BTreeMap::new()),
-            }),
-        })
+        let events = match StatusEvents::new() {
+            Ok(events) => Some(Arc::new(events)),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify is unavailable: container exits are noticed at the next tick");
+                None
+            }
+        };
+        let inner = Arc::new(Inner {
+            cfg,
+            images,
+            pods: Mutex::new(BTreeMap::new()),
+            events: events.clone(),
+            status_changes: tokio::sync::watch::Sender::new(0),
+        });
+        if let Some(events) = events {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("status-events".into())
+                .spawn(move || wake_on_status_changes(&weak, &events))
+                .map_err(ioe("spawn the status watcher"))?;
+        }
+        Ok(LinuxRuntime { inner })
     }
 
     /// The image store the runtime uses.
@@ -248,6 +269,21 @@ impl LinuxRuntime {
 impl Drop for LinuxRuntime {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Pokes the worker of each pod whose shim wrote a status, until the
+/// runtime is gone.
+fn wake_on_status_changes(inner: &std::sync::Weak<Inner>, events: &StatusEvents) {
+    loop {
+        let changed = events.wait(Duration::from_secs(1));
+        let Some(inner) = inner.upgrade() else { return };
+        for uid in changed {
+            let handle = lock(&inner.pods).get(&uid).cloned();
+            if let Some(handle) = handle {
+                handle.poke();
+            }
+        }
     }
 }
 
@@ -399,6 +435,10 @@ impl Runtime for LinuxRuntime {
         Ok(())
     }
 
+    fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.status_changes.subscribe())
+    }
+
     fn log_path(&self, pod_uid: &str, container: &str) -> Option<PathBuf> {
         let h = lock(&self.inner.pods).get(pod_uid).cloned()?;
         let d = lock(&h.desired);
@@ -478,6 +518,8 @@ impl Inner {
     }
 
     fn worker(self: Arc<Self>, h: Arc<PodHandle>) {
+        // What record.json holds, so an unchanged record is not rewritten.
+        let mut saved: Option<Vec<u8>> = None;
         loop {
             if h.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
@@ -486,8 +528,16 @@ impl Inner {
             {
                 let mut st = lock(&h.state);
                 let _ = self.reconcile(&desired, &mut st, &h.stop);
-                st.status = self.compute_status(&desired, &st);
-                let _ = write_json(&self.pod_dir(&h.uid).join("record.json"), &st.record);
+                let status = self.compute_status(&desired, &st);
+                if status != st.status {
+                    st.status = status;
+                    self.status_changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                let encoded = serde_json::to_vec_pretty(&st.record).ok();
+                if encoded.is_some() && encoded != saved {
+                    let _ = write_json(&self.pod_dir(&h.uid).join("record.json"), &st.record);
+                    saved = encoded;
+                }
             }
             let mut flag = lock(&h.wake_flag);
             if !*flag {
@@ -940,6 +990,9 @@ impl Inner {
             "shim.json",
             &serde_json::to_value(&shim_cfg).unwrap_or_default(),
         )?;
+        if let Some(events) = &self.events {
+            events.watch(&dir, &uid);
+        }
         // A leftover libcontainer state (shim killed hard) blocks the ID.
         cleanup_libcontainer(&self.youki_root(), &shim_cfg.id);
         let rec = st.record.containers.entry(c.name.clone()).or_default();

@@ -27,6 +27,7 @@
 
 pub mod adapter;
 mod backoff;
+mod events;
 pub mod hostcheck;
 mod linux;
 pub mod logs;
@@ -125,6 +126,11 @@ pub trait Runtime: Send + Sync {
     fn remove_pod_logs(&self, pod_uid: &str) -> Result<(), RuntimeError>;
     /// Path of a container's current log file, if the pod is known.
     fn log_path(&self, pod_uid: &str, container: &str) -> Option<PathBuf>;
+    /// A counter that grows whenever some pod's status changes, for
+    /// callers that want to look at once rather than at their next tick.
+    fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Settings of the real runtime. Paths carry the node's identity so two

@@ -92,6 +92,7 @@ pub async fn run<R: PodRuntime>(
     };
     let mut passes = 0u64;
     let mut desired_open = true;
+    let mut status_changes = runtime.status_changes();
     loop {
         let current = desired.borrow_and_update().clone();
         pass(&runtime, current.as_deref(), &mut state, &killed_tx).await;
@@ -131,10 +132,25 @@ pub async fn run<R: PodRuntime>(
                     Err(e) => warn!(pod_uid = %uid, error = %e, "cannot stop pod; retrying"),
                 }
             }
+            changed = changed_opt(&mut status_changes) => {
+                if changed.is_err() {
+                    status_changes = None;
+                }
+            }
             _ = tokio::time::sleep(settings.resync) => {}
         }
     }
     debug!("sync loop stopped");
+}
+
+/// The next change of an optional watch; pending forever without one.
+async fn changed_opt(
+    receiver: &mut Option<watch::Receiver<u64>>,
+) -> Result<(), watch::error::RecvError> {
+    match receiver {
+        Some(receiver) => receiver.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One reconcile pass (everything but reading statuses).

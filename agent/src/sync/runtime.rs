@@ -99,6 +99,13 @@ pub trait PodRuntime: Send + Sync + 'static {
         async {}
     }
 
+    /// A counter that grows whenever a pod's status changes: the sync loop
+    /// then reads statuses at once instead of at its next resync. `None`
+    /// (the default): statuses are read every resync only.
+    fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Where container `container` of pod `uid` logs. Called by the log
     /// requests of `bramble logs`; must be cheap. [`LogLocation::NotKept`]
     /// by default.
