@@ -1634,11 +1634,11 @@ fn unescape_mount(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Removes `rel` (e.g. `bramble/node/uid`) and its children in every cgroup
-/// hierarchy.
-pub(crate) fn remove_cgroup_tree(rel: &str) {
+/// The root of every cgroup hierarchy: each v1 controller's mount, the v2
+/// `unified` mount of a hybrid layout, and `/sys/fs/cgroup` itself (v2).
+fn cgroup_roots() -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir("/sys/fs/cgroup") else {
-        return;
+        return Vec::new();
     };
     let mut roots: Vec<PathBuf> = rd
         .flatten()
@@ -1646,11 +1646,74 @@ pub(crate) fn remove_cgroup_tree(rel: &str) {
         .filter(|p| p.is_dir())
         .collect();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
-    for root in roots {
+    roots
+}
+
+/// Removes `rel` (e.g. `bramble/node/uid`) and its children in every cgroup
+/// hierarchy.
+pub(crate) fn remove_cgroup_tree(rel: &str) {
+    for root in cgroup_roots() {
         let p = root.join(rel);
         if p.is_dir() {
             remove_cgroup_dir(&p);
         }
+    }
+}
+
+/// Removes what the runtime of node `node` made on the host and left empty:
+/// the pod namespace directory `{run_dir}/netns` (once every namespace in it
+/// is unmounted), the empty directories of `{run_dir}/{node}` (files are
+/// kept, and so are the directories holding them), and in every cgroup
+/// hierarchy the cgroups `bramble/{node}/...` that hold no process, then
+/// the `bramble` parent when no other node's cgroup is left in it. What is
+/// not empty (pods still running, another agent's cgroups) stays: nothing
+/// is killed or unmounted here. Returns what was removed.
+///
+/// For `bramble-agent reset`, after the pod network is reset and with the
+/// agent stopped.
+pub fn remove_empty_leftovers(run_dir: &Path, node: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let netns_dir = run_dir.join("netns");
+    if fs::remove_dir(&netns_dir).is_ok() {
+        removed.push(netns_dir);
+    }
+    // A node name is a DNS-1123 subdomain: never empty, `.` or `..`, never
+    // a path with `/`; check anyway before removing anything under it.
+    if node.is_empty() || node.contains('/') || node == "." || node == ".." {
+        return removed;
+    }
+    remove_empty_dirs(&run_dir.join(node), &mut removed);
+    for root in cgroup_roots() {
+        let parent = root.join("bramble");
+        if !parent.is_dir() {
+            continue;
+        }
+        // rmdir of a cgroup fails while it holds a process or a child cgroup:
+        // exactly "only when empty".
+        remove_empty_dirs(&parent.join(node), &mut removed);
+        if fs::remove_dir(&parent).is_ok() {
+            removed.push(parent);
+        }
+    }
+    removed
+}
+
+/// Removes `dir` and the directories under it, deepest first, where they are
+/// empty; never a file, never through a symbolic link.
+fn remove_empty_dirs(dir: &Path, removed: &mut Vec<PathBuf>) {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        _ => return,
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path(), removed);
+            }
+        }
+    }
+    if fs::remove_dir(dir).is_ok() {
+        removed.push(dir.to_path_buf());
     }
 }
 
