@@ -1744,3 +1744,49 @@ fn cleanup_libcontainer(root: &Path, id: &str) {
     }
     let _ = fs::remove_dir_all(dir);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn leftovers_removed_only_where_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        // A node name no cgroup on this machine has.
+        let node = format!("leftovers-test-{}", std::process::id());
+        fs::create_dir_all(run.join("netns")).unwrap();
+        fs::create_dir_all(run.join(&node).join("pods/u1/containers/main")).unwrap();
+        fs::create_dir_all(run.join(&node).join("youki")).unwrap();
+        fs::create_dir_all(run.join(&node).join("pods/u2")).unwrap();
+        fs::write(run.join(&node).join("pods/u2/pod.json"), "{}").unwrap();
+        fs::create_dir_all(run.join("other-node/pods")).unwrap();
+
+        let removed = remove_empty_leftovers(run, &node);
+        assert!(!run.join("netns").exists());
+        assert!(!run.join(&node).join("youki").exists());
+        assert!(!run.join(&node).join("pods/u1").exists());
+        assert!(
+            run.join(&node).join("pods/u2/pod.json").exists(),
+            "files stay"
+        );
+        assert!(
+            run.join("other-node/pods").exists(),
+            "other nodes' dirs stay"
+        );
+        assert!(removed.contains(&run.join("netns")), "{removed:?}");
+
+        fs::remove_file(run.join(&node).join("pods/u2/pod.json")).unwrap();
+        remove_empty_leftovers(run, &node);
+        assert!(!run.join(&node).exists());
+        assert!(run.exists(), "the run dir itself stays");
+        // A netns dir with something in it stays.
+        fs::create_dir_all(run.join("netns")).unwrap();
+        fs::write(run.join("netns/pod"), "").unwrap();
+        remove_empty_leftovers(run, &node);
+        assert!(run.join("netns/pod").exists());
+        // Nothing outside the run dir is touched for a strange name.
+        assert!(remove_empty_leftovers(run, "..").is_empty());
+    }
+}
