@@ -419,8 +419,7 @@ fn killed_agent_keeps_pods_reachable_and_reset_leaves_the_node_as_found() {
             || node.pods_gone(),
         );
     }
-    for i in 0..cluster.nodes.len() {
-        let node = &mut cluster.nodes[i];
+    for (node, before) in cluster.nodes.iter_mut().zip(&before) {
         let mut agent = node.agent.take().expect("agent running");
         agent.stop(Duration::from_secs(30));
         let out = node
@@ -429,8 +428,8 @@ fn killed_agent_keeps_pods_reachable_and_reset_leaves_the_node_as_found() {
         assert!(out.contains("removed"), "reset printed {out:?}");
         let name = node.name.clone();
         assert_eq!(
-            namespace_snapshot(&node.netns),
-            before[i],
+            &namespace_snapshot(&node.netns),
+            before,
             "`bramble-agent reset` leaves {name}'s namespace as it found it"
         );
         let run_dir: PathBuf = node.run_dir();
