@@ -10,7 +10,8 @@
 //! agent left running, and wires pods into the pod network once the master
 //! assigned the node a pod CIDR (`--no-network` leaves pods with only `lo`).
 //! `bramble-agent image import FILE | ls | rm REF` manage the local image
-//! store; `bramble-agent reset` removes the pod network from the host.
+//! store; `bramble-agent reset` removes the pod network from the host, then
+//! the run directories and cgroups the agent left empty.
 //!
 //! `--runtime sim` selects the simulated runtime. `--sim-nodes N --sim-credentials FILE` runs N simulated nodes in
 //! one process (like kubemark or kwok), a test and benchmark tool: each node

@@ -396,7 +396,7 @@ async fn real_agent_runs_adopts_and_cleans_up_pods() {
     // `bridge` key), so that another agent's bramble0 is left alone.
     let bridge = format!("be2e{:08x}", std::process::id());
     assert!(
-        !links().iter().any(|l| *l == bridge),
+        !links().contains(&bridge),
         "a {bridge} bridge exists already: run `bramble-agent reset` for the node that made it"
     );
     let node = {

@@ -37,6 +37,21 @@
 //! Needs Debian's `iperf3` (`apt-get install iperf3`; nothing is installed
 //! here) and what the network tests need (`ip`, `nsenter`, `nft`,
 //! `busybox-static`). Prints figures, asserts none.
+//!
+//! Measured on this project's 2-core dev VM (shared with other builds),
+//! `--profile dev`, defaults (3 rounds, 5 s, 20000 pings), median round:
+//!
+//! | path | Gbit/s | p50 us | p99 us | x thrpt | x p50 | x p99 |
+//! |---|---|---|---|---|---|---|
+//! | host-to-host | 19.19 | 24.1 | 38.4 | 1.00 | 1.00 | 1.00 |
+//! | pod-to-pod, same node | 19.73 | 21.6 | 38.6 | 1.03 | 0.90 | 1.01 |
+//! | pod-to-pod, across nodes | 15.60 | 31.4 | 48.5 | 0.81 | 1.30 | 1.26 |
+//!
+//! A pod on the same node costs nothing measurable against host-to-host
+//! (one veth and the bridge instead of one veth and the test bridge);
+//! across nodes a packet crosses two more veths, two `bramble0` bridges and
+//! two routing and nftables passes: about a fifth of the throughput and
+//! 7 us per round trip.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -103,7 +118,7 @@ fn pingpong_client(addr: &str, count: usize) {
 }
 
 /// A measured path: where the client and the server run, the server's address.
-struct Path3 {
+struct MeasuredPath {
     name: &'static str,
     client: PathBuf,
     server: PathBuf,
@@ -134,7 +149,7 @@ fn nsenter(netns: &Path) -> Command {
     command
 }
 
-fn throughput(path: &Path3, seconds: usize) -> f64 {
+fn throughput(path: &MeasuredPath, seconds: usize) -> f64 {
     let _server = Guard(
         nsenter(&path.server)
             .args(["iperf3", "-s", "-1", "-B", &path.address])
@@ -180,7 +195,7 @@ fn throughput(path: &Path3, seconds: usize) -> f64 {
     }
 }
 
-fn latency(path: &Path3, pings: usize, exe: &Path) -> (f64, f64) {
+fn latency(path: &MeasuredPath, pings: usize, exe: &Path) -> (f64, f64) {
     let mut server = Guard(
         nsenter(&path.server)
             .arg(exe)
@@ -267,19 +282,19 @@ fn main() {
     let (cli_a, _) = running("cli-a");
     let (srv_b, srv_b_ip) = running("srv-b");
     let paths = [
-        Path3 {
+        MeasuredPath {
             name: "host-to-host",
             client: cluster.nodes[0].netns.clone(),
             server: cluster.nodes[1].netns.clone(),
             address: cluster.nodes[1].address.to_string(),
         },
-        Path3 {
+        MeasuredPath {
             name: "pod-to-pod, same node",
             client: cli_a.clone(),
             server: srv_a,
             address: srv_a_ip,
         },
-        Path3 {
+        MeasuredPath {
             name: "pod-to-pod, across nodes",
             client: cli_a,
             server: srv_b,
