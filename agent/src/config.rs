@@ -14,6 +14,7 @@
 //! cluster = "bramble"                     # optional, the cluster name in MQTT topics
 //! node-address = "192.168.1.21"          # optional, default: the default route's interface address
 //! network = true                         # optional, false: no pod network (pods get only `lo`)
+//! bridge = "bramble0"                    # optional, the pod bridge (one per agent sharing a network namespace)
 //! ```
 //!
 //! Flags override the file. An unknown key in the file is an error that names
@@ -24,6 +25,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::network::names::valid_ifname;
+use crate::network::DEFAULT_BRIDGE;
 
 /// Where the agent looks for its configuration when `--config` is not given.
 /// A missing file at this path is not an error (flags may carry everything).
@@ -99,6 +103,7 @@ struct AgentConfigFile {
     cluster: Option<String>,
     node_address: Option<String>,
     network: Option<bool>,
+    bridge: Option<String>,
 }
 
 /// Values given on the command line; each one that is set wins over the file.
@@ -120,6 +125,8 @@ pub struct ConfigOverrides {
     pub node_address: Option<String>,
     /// `--no-network` (`Some(false)`).
     pub network: Option<bool>,
+    /// `--bridge`.
+    pub bridge: Option<String>,
 }
 
 /// Whether the agent talks to the broker in plain TCP or TLS.
@@ -228,6 +235,9 @@ pub struct AgentConfig {
     /// Whether pods get their own network (bridge, veth, pod CIDR address);
     /// off, pods without `hostNetwork` only have a loopback interface.
     pub network: bool,
+    /// The pod bridge's name (default `bramble0`). Two agents sharing one
+    /// network namespace need different bridges.
+    pub bridge: String,
 }
 
 /// `Debug` never shows the token.
@@ -245,6 +255,7 @@ impl fmt::Debug for AgentConfig {
             .field("cluster", &self.cluster)
             .field("node_address", &self.node_address)
             .field("network", &self.network)
+            .field("bridge", &self.bridge)
             .finish()
     }
 }
@@ -385,6 +396,18 @@ impl AgentConfig {
             })?),
         };
         let network = overrides.network.or(file.network).unwrap_or(true);
+        let bridge = overrides
+            .bridge
+            .clone()
+            .or(file.bridge)
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_owned());
+        if !valid_ifname(&bridge) {
+            return Err(ConfigError::Invalid {
+                key: "bridge",
+                value: bridge,
+                reason: "not an interface name: use 1 to 15 characters without `/`, `:` or spaces, e.g. bramble0".into(),
+            });
+        }
         Ok(Self {
             master,
             node,
@@ -397,6 +420,7 @@ impl AgentConfig {
             cluster,
             node_address,
             network,
+            bridge,
         })
     }
 
@@ -431,6 +455,7 @@ impl AgentConfig {
             out.push_str(&format!("node-address = \"{address}\"\n"));
         }
         out.push_str(&format!("network = {}\n", self.network));
+        out.push_str(&format!("bridge = {}\n", toml_string(&self.bridge)));
         if let Some(ca) = &self.ca_file {
             out.push_str(&format!(
                 "ca-file = {}\n",
@@ -584,6 +609,27 @@ mod tests {
         let c = AgentConfig::from_toml(Path::new("a.toml"), GOOD, &o).expect("valid");
         assert!(!c.network);
         assert_eq!(c.node_address, Some(Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn bridge_key_and_flag() {
+        assert_eq!(parse(GOOD).expect("valid").bridge, DEFAULT_BRIDGE);
+        let c = parse(&format!("{GOOD}bridge = \"brpi1\"\n")).expect("valid");
+        assert_eq!(c.bridge, "brpi1");
+        assert_eq!(
+            parse(&c.to_redacted_toml()).expect("round trip").bridge,
+            "brpi1"
+        );
+        let o = ConfigOverrides {
+            bridge: Some("brpi2".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::from_toml(Path::new("a.toml"), GOOD, &o).expect("valid");
+        assert_eq!(c.bridge, "brpi2");
+        for bad in ["", "a/b", "a b", "sixteen-chars-xx"] {
+            let err = parse(&format!("{GOOD}bridge = \"{bad}\"\n")).expect_err(bad);
+            assert!(err.to_string().contains("`bridge`"), "{err}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! agent left running, and wires pods into the pod network once the master
 //! assigned the node a pod CIDR (`--no-network` leaves pods with only `lo`).
 //! `bramble-agent image import FILE | ls | rm REF` manage the local image
-//! store; `bramble-agent reset` removes the pod network from the host.
+//! store; `bramble-agent reset` removes the pod network from the host, then
+//! the run directories and cgroups the agent left empty.
 //!
 //! `--runtime sim` selects the simulated runtime. `--sim-nodes N --sim-credentials FILE` runs N simulated nodes in
 //! one process (like kubemark or kwok), a test and benchmark tool: each node
@@ -31,7 +32,7 @@ use bramble_agent::config::{
 };
 use bramble_agent::facts::Facts;
 use bramble_agent::images::ImageStore;
-use bramble_agent::network::{NetlinkNetwork, NetworkOptions, PodNetwork};
+use bramble_agent::network::{NetlinkNetwork, NetworkOptions, PodNetwork, DEFAULT_BRIDGE};
 use bramble_agent::node::{self, NodeSettings};
 use bramble_agent::runtime::hostcheck::check_host;
 use bramble_agent::runtime::sim::SimRuntime;
@@ -91,6 +92,9 @@ struct Cli {
     /// This node's InternalIP [default: the address of the default route's interface].
     #[arg(long, value_name = "IPV4")]
     node_address: Option<String>,
+    /// The pod bridge [default: bramble0]; agents sharing a network namespace need one each.
+    #[arg(long, global = true, value_name = "NAME")]
+    bridge: Option<String>,
     /// Test and benchmark tool: run N simulated nodes in this process.
     #[arg(long, value_name = "N", requires = "sim_credentials")]
     sim_nodes: Option<usize>,
@@ -114,7 +118,8 @@ enum Command {
         command: ImageCommand,
     },
     /// Remove the pod network from the host: pod veths, bridge, routes,
-    /// nftables table, netns mounts. Stop the agent first.
+    /// nftables table, netns mounts; then the run directories and cgroups
+    /// the agent made, where they are empty. Stop the agent first.
     Reset,
 }
 
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
         cluster: cli.cluster,
         node_address: cli.node_address,
         network: cli.no_network.then_some(false),
+        bridge: cli.bridge,
     };
     if let Some(command @ (Command::Image { .. } | Command::Reset)) = &cli.command {
         return match local_command(command, cli.config.as_deref(), &overrides) {
@@ -253,26 +259,40 @@ fn read_sim_credentials(path: &Path, count: usize) -> anyhow::Result<Vec<(String
     Ok(nodes)
 }
 
-/// The directories and node name of the subcommands that work on this
-/// machine only: from the configuration when it loads, else from the flags
-/// and defaults (no master or token needed).
-fn local_dirs(
-    config_path: Option<&Path>,
-    overrides: &ConfigOverrides,
-) -> (PathBuf, PathBuf, Option<String>) {
+/// What the subcommands that work on this machine only need to know.
+struct LocalSettings {
+    state_dir: PathBuf,
+    run_dir: PathBuf,
+    node: Option<String>,
+    bridge: String,
+}
+
+/// The settings of the subcommands that work on this machine only: from the
+/// configuration when it loads, else from the flags and defaults (no master
+/// or token needed).
+fn local_settings(config_path: Option<&Path>, overrides: &ConfigOverrides) -> LocalSettings {
     match AgentConfig::load(config_path, overrides) {
-        Ok(config) => (config.state_dir, config.run_dir, Some(config.node)),
-        Err(_) => (
-            overrides
+        Ok(config) => LocalSettings {
+            state_dir: config.state_dir,
+            run_dir: config.run_dir,
+            node: Some(config.node),
+            bridge: config.bridge,
+        },
+        Err(_) => LocalSettings {
+            state_dir: overrides
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            overrides
+            run_dir: overrides
                 .run_dir
                 .clone()
                 .unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
-            overrides.node.clone(),
-        ),
+            node: overrides.node.clone(),
+            bridge: overrides
+                .bridge
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BRIDGE.into()),
+        },
     }
 }
 
@@ -282,7 +302,12 @@ fn local_command(
     config_path: Option<&Path>,
     overrides: &ConfigOverrides,
 ) -> anyhow::Result<()> {
-    let (state_dir, run_dir, node) = local_dirs(config_path, overrides);
+    let LocalSettings {
+        state_dir,
+        run_dir,
+        node,
+        bridge,
+    } = local_settings(config_path, overrides);
     match command {
         Command::Image { command } => {
             let store = ImageStore::open(&state_dir).with_context(|| {
@@ -321,9 +346,12 @@ fn local_command(
             let node = node.context(
                 "`bramble-agent reset` needs the node name: pass --node NAME or --config FILE",
             )?;
-            let network = network_for(&node, &state_dir, &run_dir)?;
+            let network = network_for(&node, &state_dir, &run_dir, &bridge)?;
             network.reset().context("cannot reset the pod network")?;
             println!("pod network of node {node} removed");
+            for path in bramble_agent::runtime::remove_empty_leftovers(&run_dir, &node) {
+                println!("removed empty {}", path.display());
+            }
         }
         Command::CheckConfig => {}
     }
@@ -331,10 +359,16 @@ fn local_command(
 }
 
 /// The pod network of node `node` (state in `{state_dir}/network`, netns in
-/// `{run_dir}/netns`).
-fn network_for(node: &str, state_dir: &Path, run_dir: &Path) -> anyhow::Result<NetlinkNetwork> {
+/// `{run_dir}/netns`, pods on `bridge`).
+fn network_for(
+    node: &str,
+    state_dir: &Path,
+    run_dir: &Path,
+    bridge: &str,
+) -> anyhow::Result<NetlinkNetwork> {
     let mut options = NetworkOptions::new(state_dir.join("network"), node);
     options.netns_dir = Some(run_dir.join("netns"));
+    options.bridge_name = bridge.to_owned();
     NetlinkNetwork::new(options).context("invalid pod network settings")
 }
 
@@ -374,6 +408,7 @@ fn real_runtime(
             &config.node,
             &config.state_dir,
             &config.run_dir,
+            &config.bridge,
         )?))
     } else {
         tracing::info!("pod network off: pods without hostNetwork get only a loopback interface");

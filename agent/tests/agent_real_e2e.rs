@@ -392,9 +392,12 @@ async fn real_agent_runs_adopts_and_cleans_up_pods() {
         "this test creates containers and links: run it as root"
     );
     ensure_busybox();
+    // The agent runs in this machine's namespace: a bridge of its own (the
+    // `bridge` key), so that another agent's bramble0 is left alone.
+    let bridge = format!("be2e{:08x}", std::process::id());
     assert!(
-        !links().iter().any(|l| l == "bramble0"),
-        "a bramble0 bridge exists already: run `bramble-agent reset` for the node that made it"
+        !links().contains(&bridge),
+        "a {bridge} bridge exists already: run `bramble-agent reset` for the node that made it"
     );
     let node = {
         let mut node = TestNode::new("e2e");
@@ -412,7 +415,7 @@ async fn real_agent_runs_adopts_and_cleans_up_pods() {
         &config,
         format!(
             "master = \"mqtt://127.0.0.1:{}\"\nnode = \"{}\"\ntoken = \"{NODE_TOKEN}\"\n\
-             state-dir = \"{}\"\nrun-dir = \"{}\"\nheartbeat-seconds = 1\n",
+             state-dir = \"{}\"\nrun-dir = \"{}\"\nheartbeat-seconds = 1\nbridge = \"{bridge}\"\n",
             broker.port,
             node.name,
             state_dir.display(),
@@ -576,9 +579,14 @@ async fn real_agent_runs_adopts_and_cleans_up_pods() {
     if let Some(mut agent) = cleanup.agent.take() {
         agent.stop();
     }
+    assert!(links().contains(&bridge), "the agent made {bridge}");
     let out = agent_command(&config, &["reset"]);
     assert!(out.contains("removed"), "{out}");
-    assert!(!links().iter().any(|l| l == "bramble0"), "{:?}", links());
+    assert!(!links().contains(&bridge), "{:?}", links());
+    // The directories and cgroups the agent made are gone too.
+    assert!(!run_dir.join("netns").exists(), "{out}");
+    assert!(!run_dir.join(&node.name).exists(), "{out}");
+    assert_eq!(node.cgroup_dirs(), Vec::<PathBuf>::new(), "{out}");
     let table = format!("bramble-{}", node.name);
     let listed = Command::new("nft")
         .args(["list", "table", "ip", &table])

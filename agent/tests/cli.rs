@@ -66,11 +66,14 @@ fn flags_override_the_file_and_global_flags_work_after_the_subcommand() {
         &cfg,
         "--run-dir",
         "/tmp/r",
+        "--bridge",
+        "brpi9",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("node = \"pi-09\""), "{stdout}");
     assert!(stdout.contains("run-dir = \"/tmp/r\""), "{stdout}");
+    assert!(stdout.contains("bridge = \"brpi9\""), "{stdout}");
 }
 
 #[test]
@@ -108,6 +111,7 @@ fn invalid_values_are_refused() {
         ("--master", "mqtt://a", "master"),
         ("--node", "Pi_01", "node"),
         ("--token", "", "token"),
+        ("--bridge", "a-bridge-name-too-long", "bridge"),
     ] {
         let out = agent(&["check-config", "--config", &cfg, flag, value]);
         assert_eq!(out.status.code(), Some(1), "{flag} {value}");

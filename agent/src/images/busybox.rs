@@ -7,6 +7,9 @@ use super::ExecConfig;
 
 /// Path of the static busybox from Debian's `busybox-static`.
 pub const BUSYBOX: &str = "/bin/busybox";
+/// What the images' `/www/index.html` holds (without its newline): what
+/// `httpd -h /www` serves.
+pub const INDEX_HTML: &str = "hello from bramble httpd";
 
 /// Makes sure `busybox-static` is installed (installing it with apt-get if
 /// needed), or says what to do.
@@ -27,9 +30,9 @@ pub fn ensure_busybox() -> Result<(), String> {
     }
 }
 
-fn is_static_busybox() -> bool {
-    // The dynamic `busybox` package would not run inside an empty rootfs:
-    // look for a PT_INTERP program header in the ELF file.
+/// Whether [`BUSYBOX`] is a static ELF file (no `PT_INTERP` program
+/// header): the dynamic `busybox` package would not run in an empty rootfs.
+pub fn is_static_busybox() -> bool {
     let Ok(b) = std::fs::read(BUSYBOX) else {
         return false;
     };
@@ -52,6 +55,7 @@ fn is_static_busybox() -> bool {
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "httpd", "wget", "ls", "head", "tr", "dd", "true", "false",
     "mkdir", "hostname", "env", "nc", "ps", "id", "touch", "test", "[", "seq", "grep", "rm",
+    "timeout",
 ];
 
 /// The layer every test image has: busybox and its applets, `/etc/passwd`,
@@ -91,7 +95,7 @@ pub fn busybox_layer() -> Vec<LayerEntry> {
     });
     l.push(LayerEntry::File {
         path: "www/index.html".into(),
-        data: b"hello from bramble httpd\n".to_vec(),
+        data: format!("{INDEX_HTML}\n").into_bytes(),
         mode: 0o644,
     });
     l

@@ -1689,11 +1689,11 @@ fn unescape_mount(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Removes `rel` (e.g. `bramble/node/uid`) and its children in every cgroup
-/// hierarchy.
-pub(crate) fn remove_cgroup_tree(rel: &str) {
+/// The root of every cgroup hierarchy: each v1 controller's mount, the v2
+/// `unified` mount of a hybrid layout, and `/sys/fs/cgroup` itself (v2).
+fn cgroup_roots() -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir("/sys/fs/cgroup") else {
-        return;
+        return Vec::new();
     };
     let mut roots: Vec<PathBuf> = rd
         .flatten()
@@ -1701,11 +1701,74 @@ pub(crate) fn remove_cgroup_tree(rel: &str) {
         .filter(|p| p.is_dir())
         .collect();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
-    for root in roots {
+    roots
+}
+
+/// Removes `rel` (e.g. `bramble/node/uid`) and its children in every cgroup
+/// hierarchy.
+pub(crate) fn remove_cgroup_tree(rel: &str) {
+    for root in cgroup_roots() {
         let p = root.join(rel);
         if p.is_dir() {
             remove_cgroup_dir(&p);
         }
+    }
+}
+
+/// Removes what the runtime of node `node` made on the host and left empty:
+/// the pod namespace directory `{run_dir}/netns` (once every namespace in it
+/// is unmounted), the empty directories of `{run_dir}/{node}` (files are
+/// kept, and so are the directories holding them), and in every cgroup
+/// hierarchy the cgroups `bramble/{node}/...` that hold no process, then
+/// the `bramble` parent when no other node's cgroup is left in it. What is
+/// not empty (pods still running, another agent's cgroups) stays: nothing
+/// is killed or unmounted here. Returns what was removed.
+///
+/// For `bramble-agent reset`, after the pod network is reset and with the
+/// agent stopped.
+pub fn remove_empty_leftovers(run_dir: &Path, node: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let netns_dir = run_dir.join("netns");
+    if fs::remove_dir(&netns_dir).is_ok() {
+        removed.push(netns_dir);
+    }
+    // A node name is a DNS-1123 subdomain: never empty, `.` or `..`, never
+    // a path with `/`; check anyway before removing anything under it.
+    if node.is_empty() || node.contains('/') || node == "." || node == ".." {
+        return removed;
+    }
+    remove_empty_dirs(&run_dir.join(node), &mut removed);
+    for root in cgroup_roots() {
+        let parent = root.join("bramble");
+        if !parent.is_dir() {
+            continue;
+        }
+        // rmdir of a cgroup fails while it holds a process or a child cgroup:
+        // exactly "only when empty".
+        remove_empty_dirs(&parent.join(node), &mut removed);
+        if fs::remove_dir(&parent).is_ok() {
+            removed.push(parent);
+        }
+    }
+    removed
+}
+
+/// Removes `dir` and the directories under it, deepest first, where they are
+/// empty; never a file, never through a symbolic link.
+fn remove_empty_dirs(dir: &Path, removed: &mut Vec<PathBuf>) {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        _ => return,
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path(), removed);
+            }
+        }
+    }
+    if fs::remove_dir(dir).is_ok() {
+        removed.push(dir.to_path_buf());
     }
 }
 
@@ -1735,4 +1798,50 @@ fn cleanup_libcontainer(root: &Path, id: &str) {
         let _ = c.delete(true);
     }
     let _ = fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn leftovers_removed_only_where_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        // A node name no cgroup on this machine has.
+        let node = format!("leftovers-test-{}", std::process::id());
+        fs::create_dir_all(run.join("netns")).unwrap();
+        fs::create_dir_all(run.join(&node).join("pods/u1/containers/main")).unwrap();
+        fs::create_dir_all(run.join(&node).join("youki")).unwrap();
+        fs::create_dir_all(run.join(&node).join("pods/u2")).unwrap();
+        fs::write(run.join(&node).join("pods/u2/pod.json"), "{}").unwrap();
+        fs::create_dir_all(run.join("other-node/pods")).unwrap();
+
+        let removed = remove_empty_leftovers(run, &node);
+        assert!(!run.join("netns").exists());
+        assert!(!run.join(&node).join("youki").exists());
+        assert!(!run.join(&node).join("pods/u1").exists());
+        assert!(
+            run.join(&node).join("pods/u2/pod.json").exists(),
+            "files stay"
+        );
+        assert!(
+            run.join("other-node/pods").exists(),
+            "other nodes' dirs stay"
+        );
+        assert!(removed.contains(&run.join("netns")), "{removed:?}");
+
+        fs::remove_file(run.join(&node).join("pods/u2/pod.json")).unwrap();
+        remove_empty_leftovers(run, &node);
+        assert!(!run.join(&node).exists());
+        assert!(run.exists(), "the run dir itself stays");
+        // A netns dir with something in it stays.
+        fs::create_dir_all(run.join("netns")).unwrap();
+        fs::write(run.join("netns/pod"), "").unwrap();
+        remove_empty_leftovers(run, &node);
+        assert!(run.join("netns/pod").exists());
+        // Nothing outside the run dir is touched for a strange name.
+        assert!(remove_empty_leftovers(run, "..").is_empty());
+    }
 }

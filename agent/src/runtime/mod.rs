@@ -46,7 +46,7 @@ use bramble_common::api::{ConfigMap, Pod, PodStatus, Secret};
 
 pub use adapter::LinuxPodRuntime;
 pub use backoff::{Backoff, RestartPolicy, INITIAL_BACKOFF, MAX_BACKOFF, RESET_AFTER};
-pub use linux::LinuxRuntime;
+pub use linux::{remove_empty_leftovers, LinuxRuntime};
 pub use probes::{ProbeOutcome, ProbeTracker};
 
 /// The desired state of one pod, with the objects it references.

@@ -498,13 +498,28 @@ pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Address of the node running the pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "hostIP",
+        alias = "hostIp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub host_ip: Option<String>,
     /// The pod's IP address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "podIP",
+        alias = "podIp",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pod_ip: Option<String>,
     /// All the pod's IP addresses.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "podIPs",
+        alias = "podIps",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub pod_ips: Vec<PodIp>,
     /// RFC 3339 time the agent accepted the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -621,4 +636,31 @@ pub struct ContainerStateTerminated {
     /// RFC 3339 end time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_addresses_use_kubernetes_field_names() {
+        let status = PodStatus {
+            host_ip: Some("192.168.1.21".into()),
+            pod_ip: Some("10.244.1.2".into()),
+            pod_ips: vec![PodIp {
+                ip: "10.244.1.2".into(),
+            }],
+            ..PodStatus::default()
+        };
+        let json = serde_json::to_value(&status).expect("serialize");
+        assert_eq!(json["hostIP"], "192.168.1.21", "{json}");
+        assert_eq!(json["podIP"], "10.244.1.2", "{json}");
+        assert_eq!(json["podIPs"][0]["ip"], "10.244.1.2", "{json}");
+        // Objects stored before the fix spelled them podIp, hostIp, podIps.
+        let old: PodStatus = serde_json::from_str(
+            r#"{"hostIp":"192.168.1.21","podIp":"10.244.1.2","podIps":[{"ip":"10.244.1.2"}]}"#,
+        )
+        .expect("old spelling");
+        assert_eq!(old, status);
+    }
 }

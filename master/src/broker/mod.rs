@@ -9,7 +9,7 @@
 
 mod credentials;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 
 pub use credentials::{keep_in_step, node_tokens, Credentials, MASTER_USER};
@@ -36,6 +36,21 @@ pub enum BrokerError {
 pub struct EmbeddedBroker {
     /// The address it listens on (the real port when 0 was asked for).
     pub addr: SocketAddr,
+}
+
+impl EmbeddedBroker {
+    /// The address a client on this machine connects to: the listening
+    /// address, with an unspecified one (`0.0.0.0`, `::`) replaced by the
+    /// loopback address of its family. A broker listening on one address
+    /// only (`--mqtt-listen 192.168.1.10:1883`) is not on the loopback.
+    pub fn connect_addr(&self) -> SocketAddr {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.addr.port())
+    }
 }
 
 /// Largest MQTT payload accepted (the protocol's message limit plus headroom

@@ -79,11 +79,12 @@ async fn fresh_token(store: &Store, node: &str) -> Result<String, String> {
 }
 
 /// Start the local agent and keep it running until `stopped`; it is
-/// restarted (after a pause) if it exits.
+/// restarted (after a pause) if it exits. `mqtt` is the broker's
+/// `host:port` as the master itself reaches it.
 pub async fn run(
     agent: LocalAgent,
     store: Store,
-    mqtt_port: u16,
+    mqtt: String,
     cluster: String,
     credentials: Option<std::sync::Arc<crate::broker::Credentials>>,
     stopped: impl std::future::Future<Output = ()>,
@@ -107,7 +108,7 @@ pub async fn run(
     loop {
         let mut child = match tokio::process::Command::new(&agent.binary)
             .arg("--master")
-            .arg(format!("mqtt://127.0.0.1:{mqtt_port}"))
+            .arg(format!("mqtt://{mqtt}"))
             .arg("--cluster")
             .arg(&cluster)
             .arg("--node")

@@ -401,7 +401,11 @@ async fn run(
         tokio::spawn(super::local_agent::run(
             agent,
             store.clone(),
-            mqtt.port,
+            if mqtt.host.contains(':') {
+                format!("[{}]:{}", mqtt.host, mqtt.port)
+            } else {
+                format!("{}:{}", mqtt.host, mqtt.port)
+            },
             config.cluster_name.clone(),
             broker_credentials,
             stopped(),
@@ -473,7 +477,7 @@ where
         move |node| {
             let client_id = format!("bramble-{cluster}-{node}");
             tokio::spawn(crate::broker::kick(
-                broker.addr,
+                broker.connect_addr(),
                 client_id,
                 kick_token.clone(),
             ));
@@ -481,7 +485,7 @@ where
         stopped(),
     ));
     let endpoint = crate::dispatch::MqttEndpoint {
-        host: "127.0.0.1".into(),
+        host: broker.connect_addr().ip().to_string(),
         port: broker.addr.port(),
         username: crate::broker::MASTER_USER.into(),
         password: master_token,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod net;
 pub mod real;
 
 use std::io::{BufRead, BufReader, Write};
@@ -360,7 +361,9 @@ pub fn agent_bin() -> &'static Path {
     })
 }
 
-/// A running `bramble-agent --runtime sim` for one node.
+/// A running `bramble-agent` for one node: `--runtime sim` from
+/// [`Agent::start`], the real runtime inside a network namespace from
+/// [`Agent::start_in_netns`].
 pub struct Agent {
     child: Option<Child>,
     /// The node's name.
@@ -369,6 +372,8 @@ pub struct Agent {
     pub dir: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The network namespace it runs in (`nsenter --net=`), if not the test's.
+    netns: Option<PathBuf>,
     /// Everything it printed on stderr, across restarts.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -408,6 +413,52 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: None,
+            log: Default::default(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Start an agent with the default (real) runtime for `name` with
+    /// `token` against `mqtt` (`host:port`) inside the network namespace at
+    /// `netns` (`nsenter --net=NETNS bramble-agent ...`, which switches the
+    /// network namespace only: mounts and cgroups stay the host's). Its
+    /// directories are `dir/state` and `dir/run`, with a 1 s heartbeat;
+    /// `extra` are more flags (`--node-address`...).
+    pub fn start_in_netns(
+        netns: &Path,
+        dir: &Path,
+        mqtt: &str,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Agent {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, "heartbeat-seconds = 1\n").expect("write agent.toml");
+        let mut args = vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--master".into(),
+            format!("mqtt://{mqtt}"),
+            "--node".into(),
+            name.into(),
+            "--token".into(),
+            token.into(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--run-dir".into(),
+            dir.join("run").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut agent = Agent {
+            child: None,
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            args,
+            env: Vec::new(),
+            netns: Some(netns.to_path_buf()),
             log: Default::default(),
         };
         agent.spawn();
@@ -416,7 +467,20 @@ impl Agent {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
-        let mut child = Command::new(agent_bin())
+        // nsenter execs the agent (no fork for a network namespace): the
+        // child's pid is the agent's.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(agent_bin());
+                command
+            }
+            None => Command::new(agent_bin()),
+        };
+        let mut child = command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BRAMBLE_LOG", "info")
@@ -493,6 +557,32 @@ impl Agent {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// SIGTERM the agent and wait (at most `timeout`) for it to exit;
+    /// panics, after a SIGKILL, when it does not.
+    #[track_caller]
+    pub fn stop(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("agent running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "agent {} did not exit within {timeout:?} of SIGTERM; its log:\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                }
+            }
+        }
     }
 }
 
