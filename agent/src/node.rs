@@ -233,6 +233,7 @@ async fn run_inner<R: PodRuntime>(
         crate::rpc::serve(
             rpc,
             crate::rpc::RpcContext {
+                cluster: settings.cluster.clone(),
                 node: settings.node.clone(),
                 client: client.clone(),
                 runtime,

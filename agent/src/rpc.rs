@@ -9,7 +9,10 @@
 //! master turns them into text. A follow request keeps sending what the
 //! container writes until the container ends, the pod leaves the node, the
 //! master cancels it ([`RpcCall::Cancel`]), the link drops or the agent
-//! stops. At most [`MAX_STREAMS`] requests are served at once.
+//! stops. At most [`MAX_STREAMS`] requests are served at once. Answers go
+//! only to the protocol's response topic of the request's ID
+//! (`bramble/{cluster}/rpc/resp/{id}`): a request naming another reply
+//! topic is dropped, so it cannot make the agent publish elsewhere.
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
@@ -36,6 +39,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// What answering requests needs from the node's agent.
 pub struct RpcContext<R> {
+    /// The cluster's name (the response topics).
+    pub cluster: String,
     /// The node's name (for messages).
     pub node: String,
     /// Publishes the responses.
@@ -53,6 +58,7 @@ pub struct RpcContext<R> {
 impl<R> Clone for RpcContext<R> {
     fn clone(&self) -> Self {
         RpcContext {
+            cluster: self.cluster.clone(),
             node: self.node.clone(),
             client: self.client.clone(),
             runtime: Arc::clone(&self.runtime),
@@ -76,6 +82,11 @@ pub async fn serve<R: PodRuntime>(
             _ = shutdown.wait() => None,
         };
         let Some(request) = request else { break };
+        let expected = wire::rpc_response_topic(&context.cluster, &request.id);
+        if expected.as_deref() != Ok(request.reply_topic.as_str()) {
+            warn!(id = %request.id, reply_topic = %request.reply_topic, "dropped an rpc request whose reply topic is not its response topic");
+            continue;
+        }
         active.retain(|_, handle| !handle.is_finished());
         match request.call {
             RpcCall::Cancel { id } => {
