@@ -12,7 +12,8 @@
 //!   containers of a pod talk over localhost; a killed agent leaves its
 //!   containers running and the restarted one adopts them; 100 pods
 //!   created and deleted leave no process, cgroup, mount or netns; a node
-//!   without the memory cgroup is NotReady with the fix.
+//!   without the memory cgroup is NotReady with the fix; a deleted pod is
+//!   `Terminating` until its node stopped it (`kubectl delete` waits).
 //!
 //! Every wait polls with a deadline; nothing is left behind when a test
 //! fails ([`RealNode`] cleans up on drop).
@@ -482,4 +483,38 @@ fn the_real_runtime_through_the_master() {
     );
     let table = ok(master.bramble(&["get", "nodes", &bare]));
     assert!(table.contains("NotReady"), "{table}");
+
+    // Graceful deletion: Terminating while the node stops the pod (sh as
+    // PID 1 ignores SIGTERM, so it takes the whole 3 s), then gone.
+    let mut slow = pod("slow-stop", &name, &[("app", "sleep 3600")], "Always");
+    slow["spec"]["terminationGracePeriodSeconds"] = json!(3);
+    apply(&master, &slow);
+    let slow_uid = wait_pod(&master, "slow-stop", "Running", |pod| {
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["metadata"]["uid"].as_str().map(str::to_string))?
+    });
+    ok(master.bramble(&["delete", "pod", "slow-stop"]));
+    let table = ok(master.bramble(&["get", "pod", "slow-stop"]));
+    assert!(table.contains("Terminating"), "{table}");
+    assert!(
+        !pod_processes(&node, &slow_uid).is_empty(),
+        "still stopping"
+    );
+    wait_until(
+        "slow-stop deleted once its node stopped it",
+        SETTLE,
+        || match get_json(&master, &["pod", "slow-stop"]) {
+            Err(e) if e.contains("not found") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        pod_processes(&node, &slow_uid).is_empty(),
+        "stopped before deleted"
+    );
+    // kubectl delete waits until the node stopped the pod and it is gone.
+    ok(master.kubectl(&["delete", "pod", "keeper", "--timeout=60s"]));
+    let gone = get_json(&master, &["pod", "keeper"]).expect_err("keeper is gone");
+    assert!(gone.contains("not found"), "{gone}");
+    assert!(pod_processes(&node, &uid).is_empty(), "keeper stopped");
 }

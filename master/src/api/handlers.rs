@@ -517,9 +517,20 @@ async fn delete(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let mut precondition = Precondition::default();
+    let mut grace_seconds: Option<i64> = match query.get("gracePeriodSeconds") {
+        Some(v) => Some(v.parse().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds: {v:?} is not a whole number"))
+        })?),
+        None => None,
+    };
     if !body.is_empty() {
         let options: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("DeleteOptions are not valid JSON: {e}")))?;
+        if let Some(grace) = options.get("gracePeriodSeconds").filter(|v| !v.is_null()) {
+            grace_seconds = Some(grace.as_i64().ok_or_else(|| {
+                ApiError::bad_request(format!("gracePeriodSeconds: {grace} is not a whole number"))
+            })?);
+        }
         if let Some(uid) = options["preconditions"]["uid"].as_str() {
             precondition.uid = Some(uid.to_string());
         }
@@ -540,10 +551,50 @@ async fn delete(
             .ok_or_else(|| ApiError::not_found(target.kind, name))?;
         return Ok(json_response(StatusCode::OK, &current));
     }
+    if target.kind == Kind::Pod {
+        let stored = state
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(target.kind, name))?;
+        let grace = pod_deletion_grace(&stored, grace_seconds);
+        if grace > 0 {
+            // The node stops the pod first; the pod-termination controller
+            // deletes it once its node reports it stopped.
+            return match state
+                .store
+                .delete_gracefully(&key, precondition, grace)
+                .await?
+            {
+                DeleteOutcome::Deleted(object) | DeleteOutcome::Finalizing(object) => {
+                    Ok(json_response(StatusCode::OK, &object))
+                }
+            };
+        }
+    }
     match state.store.delete(&key, precondition).await? {
         DeleteOutcome::Deleted(object) => Ok(json_response(StatusCode::OK, &object)),
         DeleteOutcome::Finalizing(object) => Ok(json_response(StatusCode::ACCEPTED, &object)),
     }
+}
+
+/// How long a pod being deleted gets to stop, as Kubernetes decides: the
+/// request's `gracePeriodSeconds`, else the pod's
+/// `terminationGracePeriodSeconds` (30 s by default); 0 (deleted at once)
+/// for a pod no node runs: unscheduled, or already Succeeded or Failed.
+pub fn pod_deletion_grace(pod: &Value, requested: Option<i64>) -> i64 {
+    let unscheduled = pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Parsed `labelSelector` and `fieldSelector` of a list or watch.

@@ -384,6 +384,10 @@ async fn run(
         stopped(),
     ));
     tokio::spawn(crate::scheduler::run(store.clone(), stopped()));
+    tokio::spawn(crate::controllers::pod_termination::run(
+        store.clone(),
+        stopped(),
+    ));
     let silence = std::time::Duration::from_secs(
         u64::from(config.heartbeat_seconds) * u64::from(config.missed_heartbeats),
     );

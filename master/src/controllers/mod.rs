@@ -2,3 +2,4 @@
 //! objects ask for. One file per controller.
 
 pub mod node_lifecycle;
+pub mod pod_termination;

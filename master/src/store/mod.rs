@@ -499,6 +499,29 @@ impl Store {
         }
     }
 
+    /// Deletes gracefully: marks the object as being deleted with
+    /// `grace_seconds` (Kubernetes' graceful pod deletion: the pod's node
+    /// stops it within that time, then it is deleted). A later call may
+    /// only shorten the grace period; `grace_seconds <= 0` deletes at once.
+    pub async fn delete_gracefully(
+        &self,
+        key: &ObjectKey,
+        precondition: Precondition,
+        grace_seconds: i64,
+    ) -> Result<DeleteOutcome, StoreError> {
+        match self
+            .submit(Op::DeleteGracefully {
+                key: key.clone(),
+                precondition,
+                grace_seconds,
+            })
+            .await?
+        {
+            OpOutput::Delete(outcome) => Ok(outcome),
+            OpOutput::Object(object) => Ok(DeleteOutcome::Finalizing(object)),
+        }
+    }
+
     /// Reads one object.
     pub async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
         object::validate_key(key, false)?;

@@ -422,14 +422,20 @@ pub(crate) fn prepare_status_update(
     Ok(Change::Changed(object))
 }
 
-/// Marks an object as being deleted (it has finalizers): sets
-/// `deletionTimestamp`, `deletionGracePeriodSeconds: 0` and, as Kubernetes
-/// does for graceful deletion, bumps `generation`.
-pub(crate) fn mark_deleting(stored: &Value) -> Value {
+/// Marks an object as being deleted (it has finalizers, or it is a pod its
+/// node must stop first): sets `deletionTimestamp` (kept when already set),
+/// `deletionGracePeriodSeconds` and, as Kubernetes does for graceful
+/// deletion, bumps `generation`.
+pub(crate) fn mark_deleting(stored: &Value, grace_seconds: i64) -> Value {
     let mut object = without_resource_version(stored);
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
-        meta.insert("deletionGracePeriodSeconds".into(), Value::from(0));
+        if !meta.get("deletionTimestamp").is_some_and(Value::is_string) {
+            meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+        }
+        meta.insert(
+            "deletionGracePeriodSeconds".into(),
+            Value::from(grace_seconds),
+        );
         let generation = meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
         meta.insert(
             "generation".into(),

@@ -332,6 +332,56 @@ async fn status_updates_change_only_status() {
 }
 
 #[tokio::test]
+async fn graceful_deletion_marks_then_only_shortens_then_deletes() {
+    let (_dir, _path, store) = temp_store();
+    let key = pod_key("default", "web");
+    store
+        .create(&key, pod("web", "nginx"))
+        .await
+        .expect("create");
+
+    let DeleteOutcome::Finalizing(marked) = store
+        .delete_gracefully(&key, Precondition::default(), 30)
+        .await
+        .expect("mark")
+    else {
+        panic!("a graceful delete marks the pod");
+    };
+    let since = marked["metadata"]["deletionTimestamp"].clone();
+    assert!(since.is_string());
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(store.get(&key).await.expect("get").is_some(), "still there");
+
+    // A longer grace changes nothing; a shorter one shortens it.
+    let revision = store.current_revision();
+    store
+        .delete_gracefully(&key, Precondition::default(), 60)
+        .await
+        .expect("longer");
+    assert_eq!(store.current_revision(), revision);
+    let DeleteOutcome::Finalizing(shorter) = store
+        .delete_gracefully(&key, Precondition::default(), 5)
+        .await
+        .expect("shorter")
+    else {
+        panic!("still being deleted");
+    };
+    assert_eq!(shorter["metadata"]["deletionGracePeriodSeconds"], 5);
+    assert_eq!(
+        shorter["metadata"]["deletionTimestamp"], since,
+        "the mark keeps its time"
+    );
+
+    // Grace 0 (or an ordinary delete) removes it.
+    let outcome = store
+        .delete_gracefully(&key, Precondition::default(), 0)
+        .await
+        .expect("force");
+    assert!(matches!(outcome, DeleteOutcome::Deleted(_)));
+    assert!(store.get(&key).await.expect("get").is_none());
+}
+
+#[tokio::test]
 async fn finalizers_delay_deletion_until_the_last_is_removed() {
     let (_dir, _path, store) = temp_store();
     let key = pod_key("default", "web");

@@ -56,6 +56,12 @@ pub(crate) enum Op {
         key: ObjectKey,
         precondition: Precondition,
     },
+    /// [`Store::delete_gracefully`](super::Store::delete_gracefully).
+    DeleteGracefully {
+        key: ObjectKey,
+        precondition: Precondition,
+        grace_seconds: i64,
+    },
 }
 
 /// The result of a write.
@@ -366,6 +372,13 @@ impl<'txn> BatchTxn<'txn> {
             Op::Delete { key, precondition } => {
                 self.delete(key, precondition).map(OpOutput::Delete)
             }
+            Op::DeleteGracefully {
+                key,
+                precondition,
+                grace_seconds,
+            } => self
+                .delete_gracefully(key, precondition, *grace_seconds)
+                .map(OpOutput::Delete),
         }
     }
 
@@ -519,13 +532,36 @@ impl<'txn> BatchTxn<'txn> {
                 // Already marked: nothing to write.
                 return Ok(DeleteOutcome::Finalizing(stored));
             }
-            let marked = object::mark_deleting(&stored);
+            let marked = object::mark_deleting(&stored, 0);
             return self
                 .put(EventType::Modified, key, marked, &old_owners)
                 .map(DeleteOutcome::Finalizing);
         }
         self.put(EventType::Deleted, key, stored, &old_owners)
             .map(DeleteOutcome::Deleted)
+    }
+
+    /// Marks the object as being deleted with `grace_seconds` to finish
+    /// (its node stops it, then removes it). A second call may only
+    /// shorten the grace period; with 0 it is an ordinary delete.
+    fn delete_gracefully(
+        &mut self,
+        key: &ObjectKey,
+        precondition: &Precondition,
+        grace_seconds: i64,
+    ) -> Result<DeleteOutcome, Failure> {
+        if grace_seconds <= 0 {
+            return self.delete(key, precondition);
+        }
+        let stored = self.load(key, precondition)?;
+        let current = stored["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        if object::is_being_deleted(&stored) && current.is_some_and(|c| c <= grace_seconds) {
+            return Ok(DeleteOutcome::Finalizing(stored));
+        }
+        let old_owners = object::owner_uids(&stored);
+        let marked = object::mark_deleting(&stored, grace_seconds);
+        self.put(EventType::Modified, key, marked, &old_owners)
+            .map(DeleteOutcome::Finalizing)
     }
 
     /// Records the revision counter and compacts the event log to
