@@ -539,11 +539,27 @@ impl Inner {
                     saved = encoded;
                 }
             }
+            let probed = desired
+                .pod
+                .spec
+                .init_containers
+                .iter()
+                .chain(&desired.pod.spec.containers)
+                .any(|c| {
+                    c.liveness_probe.is_some()
+                        || c.readiness_probe.is_some()
+                        || c.startup_probe.is_some()
+                });
+            let interval = if probed || self.events.is_none() {
+                self.cfg.sync_interval
+            } else {
+                self.cfg.idle_interval
+            };
             let mut flag = lock(&h.wake_flag);
             if !*flag {
                 flag = h
                     .wake
-                    .wait_timeout(flag, self.cfg.sync_interval)
+                    .wait_timeout(flag, interval)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }

@@ -154,8 +154,12 @@ pub struct RuntimeConfig {
     pub pids_limit: i64,
     /// Enforce the default seccomp profile (needs the `seccomp` feature).
     pub seccomp: bool,
-    /// How often a pod worker looks at its pod.
+    /// How often a pod worker looks at a pod with probes.
     pub sync_interval: Duration,
+    /// How often a pod worker looks at a pod without probes (container
+    /// starts and exits wake it at once; this paces restarts after
+    /// back-off and volume refreshes).
+    pub idle_interval: Duration,
     /// Cluster DNS server written to `resolv.conf` for `ClusterFirst` pods
     /// (the host's `resolv.conf` is used while this is `None`).
     pub cluster_dns: Option<String>,
@@ -176,6 +180,7 @@ impl RuntimeConfig {
             pids_limit: 4096,
             seccomp: cfg!(feature = "seccomp"),
             sync_interval: Duration::from_millis(200),
+            idle_interval: Duration::from_secs(1),
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
         }

@@ -87,6 +87,7 @@ impl TestNode {
         );
         cfg.shim_binary = PathBuf::from(env!("CARGO_BIN_EXE_bramble-agent"));
         cfg.sync_interval = Duration::from_millis(50);
+        cfg.idle_interval = Duration::from_millis(50);
         cfg
     }
 
