@@ -18,12 +18,16 @@ use std::time::{Duration, SystemTime};
 
 use bramble_common::api::PodStatus;
 use bramble_common::wire::{NodeDesired, PodStatusReport};
+use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 pub use runtime::{LogLocation, PodDesired, PodRuntime, RuntimeError};
 
 use crate::shutdown::Shutdown;
+
+/// Pods handed to the runtime at once in a pass.
+const PARALLEL_SYNCS: usize = 4;
 
 /// The default interval between two passes when nothing happens.
 pub const DEFAULT_RESYNC: Duration = Duration::from_millis(500);
@@ -166,6 +170,8 @@ async fn pass<R: PodRuntime>(
     runtime.sync_node(desired).await;
     let now = pod::rfc3339(SystemTime::now());
     let desired_uids: BTreeSet<&str> = desired.pods.iter().map(|p| p.uid.as_str()).collect();
+    // Pods to hand to the runtime in this pass: (uid, object, fingerprint, pod).
+    let mut to_sync = Vec::new();
     for desired_pod in &desired.pods {
         let uid = desired_pod.uid.clone();
         state
@@ -195,22 +201,35 @@ async fn pass<R: PodRuntime>(
                     .insert(uid.clone(), pod::invalid_status(e.to_string(), &now));
                 state.synced.insert(uid, fingerprint);
             }
-            Ok(pod_desired) => match runtime.sync_pod(&pod_desired).await {
-                Ok(status) => {
-                    debug!(pod = %object, "pod handed to the runtime");
-                    state.logged_errors.remove(&uid);
-                    state.last_status.insert(uid.clone(), status);
-                    state.synced.insert(uid, fingerprint);
-                }
-                Err(RuntimeError::InvalidPod(message)) => {
-                    log_pod_error(state, &uid, &object, &message);
-                    state
-                        .last_status
-                        .insert(uid.clone(), pod::invalid_status(message, &now));
-                    state.synced.insert(uid, fingerprint);
-                }
-                Err(e) => log_pod_error(state, &uid, &object, &e.to_string()),
-            },
+            Ok(pod_desired) => to_sync.push((uid, object, fingerprint, pod_desired)),
+        }
+    }
+    // Several at once: a pod's network setup or image lookup must not hold
+    // up the others (a burst of new pods starts in parallel).
+    let results: Vec<_> = futures::stream::iter(to_sync)
+        .map(|(uid, object, fingerprint, pod_desired)| async move {
+            let result = runtime.sync_pod(&pod_desired).await;
+            (uid, object, fingerprint, result)
+        })
+        .buffer_unordered(PARALLEL_SYNCS)
+        .collect()
+        .await;
+    for (uid, object, fingerprint, result) in results {
+        match result {
+            Ok(status) => {
+                debug!(pod = %object, "pod handed to the runtime");
+                state.logged_errors.remove(&uid);
+                state.last_status.insert(uid.clone(), status);
+                state.synced.insert(uid, fingerprint);
+            }
+            Err(RuntimeError::InvalidPod(message)) => {
+                log_pod_error(state, &uid, &object, &message);
+                state
+                    .last_status
+                    .insert(uid.clone(), pod::invalid_status(message, &now));
+                state.synced.insert(uid, fingerprint);
+            }
+            Err(e) => log_pod_error(state, &uid, &object, &e.to_string()),
         }
     }
     // Pods the runtime has that are not desired at all: stop and forget.
