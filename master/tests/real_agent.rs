@@ -493,7 +493,7 @@ fn the_real_runtime_through_the_master() {
         (pod["status"]["phase"] == "Running")
             .then(|| pod["metadata"]["uid"].as_str().map(str::to_string))?
     });
-    ok(master.bramble(&["delete", "pod", "slow-stop"]));
+    ok(master.bramble(&["delete", "pod", "slow-stop", "--wait=false"]));
     let table = ok(master.bramble(&["get", "pod", "slow-stop"]));
     assert!(table.contains("Terminating"), "{table}");
     assert!(
@@ -512,7 +512,25 @@ fn the_real_runtime_through_the_master() {
         pod_processes(&node, &slow_uid).is_empty(),
         "stopped before deleted"
     );
-    // kubectl delete waits until the node stopped the pod and it is gone.
+    // bramble delete and kubectl delete wait until the node stopped the pod
+    // and it is gone; --grace-period=0 needs --force.
+    let refused = fails(master.bramble(&["delete", "pod", "keeper", "--grace-period=0"]));
+    assert!(refused.contains("--force"), "{refused}");
+    apply(
+        &master,
+        &pod("waited", &name, &[("app", "sleep 3600")], "Always"),
+    );
+    let waited_uid = wait_pod(&master, "waited", "Running", |pod| {
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["metadata"]["uid"].as_str().map(str::to_string))?
+    });
+    ok(master.bramble(&["delete", "pod", "waited"]));
+    let gone = get_json(&master, &["pod", "waited"]).expect_err("waited is gone");
+    assert!(gone.contains("not found"), "{gone}");
+    assert!(
+        pod_processes(&node, &waited_uid).is_empty(),
+        "waited stopped"
+    );
     ok(master.kubectl(&["delete", "pod", "keeper", "--timeout=60s"]));
     let gone = get_json(&master, &["pod", "keeper"]).expect_err("keeper is gone");
     assert!(gone.contains("not found"), "{gone}");

@@ -75,6 +75,18 @@ pub struct DeleteArgs {
     /// Delete the objects described in these files.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<String>,
+    /// Seconds a pod gets to stop (default: its terminationGracePeriodSeconds).
+    #[arg(long = "grace-period")]
+    pub grace_period: Option<i64>,
+    /// With --grace-period=0: delete at once, without waiting for the node.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait until the objects are gone (a pod: once its node stopped it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
     /// Namespace flags.
     #[command(flatten)]
     pub namespace: NamespaceArgs,
@@ -692,14 +704,49 @@ pub async fn delete(kubeconfig: Option<&Path>, args: DeleteArgs) -> Result<ExitC
                 .map(|n| (kind, namespace.clone(), n.clone())),
         );
     }
+    let grace = match (args.grace_period, args.force) {
+        (Some(g), _) if g < 0 => {
+            return Err(ClientError::Config(format!(
+                "--grace-period {g}: give 0 or more seconds"
+            )))
+        }
+        (Some(0), false) => {
+            return Err(ClientError::Config(
+                "--grace-period=0 deletes without waiting for the node to stop the pod: add --force to confirm".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(ClientError::Config(
+                "--force needs --grace-period=0".into(),
+            ))
+        }
+        (grace, _) => grace,
+    };
+    let body = match grace {
+        Some(g) => serde_json::to_vec(&serde_json::json!({
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": g,
+        }))
+        .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let mut failed = false;
+    let mut pending = Vec::new();
     for (kind, namespace, name) in targets {
         let path = object_path(kind, &namespace, &name);
+        let content_type = (!body.is_empty()).then_some("application/json");
         match client
-            .json(Method::DELETE, &path, None, None, Vec::new())
+            .json(Method::DELETE, &path, content_type, None, body.clone())
             .await
         {
-            Ok(_) => println!("{} \"{name}\" deleted", kind.info().singular),
+            Ok(object) => {
+                println!("{} \"{name}\" deleted", kind.info().singular);
+                if object["metadata"]["deletionTimestamp"].is_string() {
+                    let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_string();
+                    pending.push((kind, path, name, uid));
+                }
+            }
             Err(ClientError::Api(status)) => {
                 print_api_error(&status);
                 failed = true;
@@ -707,9 +754,44 @@ pub async fn delete(kubeconfig: Option<&Path>, args: DeleteArgs) -> Result<ExitC
             Err(e) => return Err(e),
         }
     }
+    if args.wait && !pending.is_empty() {
+        let limit = (args.timeout > 0).then(|| std::time::Duration::from_secs(args.timeout));
+        if !wait_deleted(&client, &pending, limit).await? {
+            failed = true;
+        }
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Wait until each `(kind, path, name, uid)` is gone (or replaced by an
+/// object with another UID); false when `limit` passed first.
+async fn wait_deleted(
+    client: &Client,
+    pending: &[(Kind, String, String, String)],
+    limit: Option<std::time::Duration>,
+) -> Result<bool, ClientError> {
+    let started = std::time::Instant::now();
+    for (kind, path, name, uid) in pending {
+        loop {
+            match client.get(path).await {
+                Ok(object) if object["metadata"]["uid"].as_str() == Some(uid.as_str()) => {}
+                Ok(_) => break,
+                Err(ClientError::Api(status)) if status.code == 404 => break,
+                Err(e) => return Err(e),
+            }
+            if limit.is_some_and(|l| started.elapsed() >= l) {
+                eprintln!(
+                    "error: timed out waiting for {} \"{name}\" to be deleted (its node has not stopped it yet)",
+                    kind.info().singular
+                );
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(true)
 }
