@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,6 +26,7 @@ use ipnet::Ipv4Net;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+use support::mosquitto::Mosquitto;
 use support::{busybox_image, ensure_busybox, TestNode};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bramble-agent");
@@ -35,76 +36,6 @@ const NODE_TOKEN: &str = "node-secret";
 const DEADLINE: Duration = Duration::from_secs(60);
 const POD_CIDR: &str = "10.244.213.0/24";
 const IMAGE: &str = "bramble.test/e2e:1";
-
-// ---------------------------------------------------------------- broker
-
-struct Mosquitto {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn add_user(password_file: &Path, user: &str, token: &str) {
-    let mut cmd = Command::new("mosquitto_passwd");
-    if !password_file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd
-        .arg("-b")
-        .arg(password_file)
-        .args([user, token])
-        .output()
-        .expect("run mosquitto_passwd (apt-get install -y mosquitto)");
-    assert!(out.status.success(), "mosquitto_passwd failed");
-}
-
-impl Mosquitto {
-    fn start(dir: &Path, node: &str) -> Mosquitto {
-        let port = free_port();
-        let dir = dir.join("mosquitto");
-        std::fs::create_dir_all(&dir).expect("broker dir");
-        let passwords = dir.join("passwords");
-        add_user(&passwords, MASTER_USER, MASTER_TOKEN);
-        add_user(&passwords, node, NODE_TOKEN);
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
-                 persistence false\nuser root\n",
-                passwords.display()
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto (apt-get install -y mosquitto)");
-        let broker = Mosquitto { child, port };
-        let deadline = Instant::now() + DEADLINE;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------- agent
 
@@ -409,7 +340,10 @@ async fn real_agent_runs_adopts_and_cleans_up_pods() {
     };
     let root = node.dir.path().to_path_buf();
     let (state_dir, run_dir) = (root.join("state"), root.join("run"));
-    let broker = Mosquitto::start(&root, &node.name);
+    let broker = Mosquitto::start(
+        &root,
+        &[(MASTER_USER, MASTER_TOKEN), (&node.name, NODE_TOKEN)],
+    );
     let config = root.join("agent.toml");
     std::fs::write(
         &config,

@@ -3,9 +3,10 @@
 //! state in, reports and presence out. Every wait has a deadline and waits
 //! for a message or a log line, never for a fixed time.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,6 +17,8 @@ use bramble_common::wire::{self, DesiredPod, Message, NodeDesired, NodeReport, P
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+use support::mosquitto::{free_port, Mosquitto};
+
 const AGENT: &str = env!("CARGO_BIN_EXE_bramble-agent");
 const MASTER_USER: &str = "master";
 const MASTER_TOKEN: &str = "master-secret";
@@ -23,102 +26,16 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- broker
 
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+/// A broker on a free loopback port that knows `nodes` plus the master.
+fn broker(dir: &Path, nodes: &[(&str, &str)]) -> Mosquitto {
+    broker_on(dir, free_port(), nodes)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is not installed: these tests need Debian's mosquitto (apt-get install -y mosquitto)"
-    );
-}
-
-fn add_user(password_file: &Path, user: &str, token: &str) {
-    let mut cmd = Command::new("mosquitto_passwd");
-    if !password_file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd
-        .arg("-b")
-        .arg(password_file)
-        .args([user, token])
-        .output()
-        .expect("run mosquitto_passwd");
-    assert!(
-        out.status.success(),
-        "mosquitto_passwd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Mosquitto {
-    /// A broker on `port` that knows `users` plus the master.
-    fn start_on(dir: &Path, port: u16, users: &[(String, String)]) -> Mosquitto {
-        require("mosquitto");
-        require("mosquitto_passwd");
-        let dir = dir.join(format!("mosquitto-{port}"));
-        std::fs::create_dir_all(&dir).expect("broker dir");
-        let passwords = dir.join("passwords");
-        add_user(&passwords, MASTER_USER, MASTER_TOKEN);
-        for (user, token) in users {
-            add_user(&passwords, user, token);
-        }
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
-                 persistence false\nuser root\nmax_connections -1\n",
-                passwords.display()
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let broker = Mosquitto { child, port, dir };
-        let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
-    fn start(dir: &Path, users: &[(String, String)]) -> Mosquitto {
-        Mosquitto::start_on(dir, free_port(), users)
-    }
-
-    /// Add a user and make the broker reload its password file.
-    fn add_user_live(&self, user: &str, token: &str) {
-        add_user(&self.dir.join("passwords"), user, token);
-        signal(self.child.id(), "HUP");
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A broker on `port` that knows `nodes` plus the master.
+fn broker_on(dir: &Path, port: u16, nodes: &[(&str, &str)]) -> Mosquitto {
+    let mut users = vec![(MASTER_USER, MASTER_TOKEN)];
+    users.extend_from_slice(nodes);
+    Mosquitto::start_on(dir, port, &users)
 }
 
 fn signal(pid: u32, name: &str) {
@@ -381,12 +298,6 @@ fn desired(generation: u64, pods: Vec<DesiredPod>) -> NodeDesired {
     }
 }
 
-fn users(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(u, t)| ((*u).to_owned(), (*t).to_owned()))
-        .collect()
-}
-
 fn report_topic(node: &str) -> String {
     wire::report_topic("bramble", node).expect("topic")
 }
@@ -396,7 +307,7 @@ fn report_topic(node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_desired_is_saved_before_reports_and_sim_pods_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(dir.path(), &users(&[("pi-1", "tok-1")]));
+    let broker = broker(dir.path(), &[("pi-1", "tok-1")]);
     let mut master = Master::connect(broker.port, &["bramble/bramble/nodes/pi-1/#"]).await;
     master
         .publish_desired(
@@ -507,7 +418,7 @@ async fn link_desired_is_saved_before_reports_and_sim_pods_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_bad_token_is_refused_and_logged_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(dir.path(), &users(&[("pi-1", "right")]));
+    let broker = broker(dir.path(), &[("pi-1", "right")]);
     let config = write_config(dir.path(), broker.port, "pi-1", "wrong");
     let agent = sim_agent(&config);
     let line = agent.wait_for_line("the master refused this node's token");
@@ -522,7 +433,7 @@ async fn link_bad_token_is_refused_and_logged_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_garbage_is_logged_once_and_a_later_desired_state_applies() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(dir.path(), &users(&[("pi-1", "tok-1")]));
+    let broker = broker(dir.path(), &[("pi-1", "tok-1")]);
     let mut master = Master::connect(broker.port, &["bramble/bramble/nodes/pi-1/#"]).await;
     let config = write_config(dir.path(), broker.port, "pi-1", "tok-1");
     let agent = sim_agent(&config);
@@ -584,9 +495,9 @@ async fn link_offline_start_runs_pods_from_desired_bin_and_reports_coalesced() {
     agent.wait_for_line("pod default/job is Failed");
 
     // The broker appears; the master listens before the node may log in.
-    let broker = Mosquitto::start_on(dir.path(), port, &[]);
+    let broker = broker_on(dir.path(), port, &[]);
     let mut master = Master::connect(port, &["bramble/bramble/nodes/pi-1/#"]).await;
-    broker.add_user_live("pi-1", "tok-1");
+    broker.add_user("pi-1", "tok-1");
     master.wait_presence("pi-1", true).await;
     let topic = report_topic("pi-1");
     let first = master
@@ -608,7 +519,7 @@ async fn link_offline_start_runs_pods_from_desired_bin_and_reports_coalesced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_stop_publishes_offline_and_a_killed_agent_gets_its_last_will() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(dir.path(), &users(&[("pi-1", "tok-1")]));
+    let broker = broker(dir.path(), &[("pi-1", "tok-1")]);
     let mut master = Master::connect(broker.port, &["bramble/bramble/nodes/pi-1/presence"]).await;
     let config = write_config(dir.path(), broker.port, "pi-1", "tok-1");
 
@@ -634,7 +545,11 @@ async fn link_sim_nodes_connect_fifty_sessions() {
     let credentials: Vec<(String, String)> = (0..NODES)
         .map(|i| (format!("sim-{i}"), format!("token-{i}")))
         .collect();
-    let broker = Mosquitto::start(dir.path(), &credentials);
+    let nodes: Vec<(&str, &str)> = credentials
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let broker = broker(dir.path(), &nodes);
     let mut master = Master::connect(broker.port, &["bramble/bramble/nodes/+/presence"]).await;
     let file = dir.path().join("credentials");
     let text: String = credentials
@@ -675,7 +590,7 @@ async fn link_sim_nodes_connect_fifty_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_missing_memory_cgroup_reports_not_ready_with_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(dir.path(), &users(&[("pi-zero", "tok")]));
+    let broker = broker(dir.path(), &[("pi-zero", "tok")]);
     let mut master = Master::connect(broker.port, &["bramble/bramble/nodes/pi-zero/report"]).await;
     let config = write_config(dir.path(), broker.port, "pi-zero", "tok");
     // Test-only overrides: a Pi Zero on Raspberry Pi OS without the memory cgroup.

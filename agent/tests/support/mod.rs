@@ -3,6 +3,8 @@
 //! directories and name that cleans up after itself, even on failure.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod mosquitto;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -4,8 +4,13 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../agent/tests/support/mosquitto.rs"]
+pub mod mosquitto;
 pub mod net;
 pub mod real;
+
+#[allow(unused_imports)]
+pub use mosquitto::{free_port, Mosquitto};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -589,127 +594,6 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-/// A free loopback TCP port (bound and released: a test passes it to a
-/// child that binds it at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Debian's `mosquitto` on a free loopback port with password auth, run as
-/// a child of the test.
-pub struct Mosquitto {
-    child: Child,
-    /// Its port.
-    pub port: u16,
-    dir: PathBuf,
-}
-
-fn require_mosquitto() {
-    let found = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if found("mosquitto") && found("mosquitto_passwd") {
-        return;
-    }
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "mosquitto"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        installed && found("mosquitto") && found("mosquitto_passwd"),
-        "mosquitto is required by this test and could not be installed: apt-get install -y mosquitto"
-    );
-}
-
-impl Mosquitto {
-    /// Start a broker under `dir` that knows the `(user, password)` pairs.
-    pub fn start(dir: &Path, users: &[(&str, &str)]) -> Mosquitto {
-        require_mosquitto();
-        let port = free_port();
-        let dir = dir.join(format!("mosquitto-{port}"));
-        std::fs::create_dir_all(&dir).expect("broker dir");
-        let passwords = dir.join("passwords");
-        for (i, (user, password)) in users.iter().enumerate() {
-            let mut command = Command::new("mosquitto_passwd");
-            if i == 0 {
-                command.arg("-c");
-            }
-            let out = command
-                .arg("-b")
-                .arg(&passwords)
-                .args([user, password])
-                .output()
-                .expect("run mosquitto_passwd");
-            assert!(out.status.success(), "mosquitto_passwd: {}", stderr(&out));
-        }
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
-                 persistence false\nuser root\n",
-                passwords.display()
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let mut broker = Mosquitto { child, port, dir };
-        wait_until("mosquitto listens", Duration::from_secs(10), || {
-            if let Ok(Some(status)) = broker.child.try_wait() {
-                panic!("mosquitto exited at start: {status}");
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .map(drop)
-                .map_err(|e| e.to_string())
-        });
-        broker
-    }
-
-    /// Add a user to the password file and make the broker reload it.
-    pub fn add_user(&self, user: &str, password: &str) {
-        let out = Command::new("mosquitto_passwd")
-            .arg("-b")
-            .arg(self.dir.join("passwords"))
-            .args([user, password])
-            .output()
-            .expect("run mosquitto_passwd");
-        assert!(out.status.success(), "mosquitto_passwd: {}", stderr(&out));
-        let status = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -HUP mosquitto");
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
