@@ -24,6 +24,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use bramble_common::endpoint::validate_node_name;
+pub use bramble_common::endpoint::{BrokerUrl, MqttTransport};
 use serde::Deserialize;
 
 use crate::network::names::valid_ifname;
@@ -129,90 +131,11 @@ pub struct ConfigOverrides {
     pub bridge: Option<String>,
 }
 
-/// Whether the agent talks to the broker in plain TCP or TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MqttTransport {
-    /// `mqtt://`: plain TCP.
-    Tcp,
-    /// `mqtts://`: TLS.
-    Tls,
-}
-
-/// A parsed `mqtt://HOST:PORT` or `mqtts://HOST:PORT` broker address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MasterUrl {
-    /// Plain or TLS.
-    pub transport: MqttTransport,
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl MasterUrl {
-    /// Parse a broker URL; the error text says what a valid one looks like.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (transport, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-            (MqttTransport::Tcp, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtts://") {
-            (MqttTransport::Tls, rest)
-        } else {
-            return Err(
-                "the scheme must be mqtt:// or mqtts://, e.g. mqtt://192.168.1.10:1883".into(),
-            );
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains(['/', '?', '#', '@']) {
-            return Err("give only scheme, host and port, e.g. mqtt://master.local:1883".into());
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or("an IPv6 host needs a closing bracket, e.g. mqtt://[fd00::1]:1883")?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err("the host is missing, e.g. mqtt://192.168.1.10:1883".into());
-        }
-        let port =
-            port.ok_or("the port is missing, e.g. mqtt://HOST:1883 (mqtts://HOST:8883 for TLS)")?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("the port {port:?} is not a number between 1 and 65535"))?;
-        Ok(Self {
-            transport,
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for MasterUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.transport {
-            MqttTransport::Tcp => "mqtt",
-            MqttTransport::Tls => "mqtts",
-        };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
-
 /// The validated, effective configuration of the agent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AgentConfig {
     /// The MQTT broker the master listens behind.
-    pub master: MasterUrl,
+    pub master: BrokerUrl,
     /// This node's name: a DNS-1123 subdomain, unique in the cluster.
     pub node: String,
     /// The join token the master issued for this node (secret).
@@ -340,7 +263,7 @@ impl AgentConfig {
             });
         }
 
-        let master = MasterUrl::parse(&master).map_err(|reason| ConfigError::Invalid {
+        let master = BrokerUrl::parse(&master).map_err(|reason| ConfigError::Invalid {
             key: "master",
             value: master.clone(),
             reason,
@@ -509,37 +432,6 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// Check a node name is a DNS-1123 subdomain (what Kubernetes requires of node
-/// names): at most 253 characters, dot-separated labels of lowercase letters,
-/// digits and `-`, each starting and ending with a letter or digit.
-pub fn validate_node_name(name: &str) -> Result<(), String> {
-    const HINT: &str = "use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, e.g. pi-01";
-    if name.is_empty() {
-        return Err(format!("the node name is empty: {HINT}"));
-    }
-    if name.len() > 253 {
-        return Err(format!(
-            "the node name is {} characters long, at most 253 are allowed",
-            name.len()
-        ));
-    }
-    for label in name.split('.') {
-        let ok_edge =
-            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let ok_body = label
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if label.len() > 63
-            || !ok_body
-            || !ok_edge(label.chars().next())
-            || !ok_edge(label.chars().last())
-        {
-            return Err(format!("not a DNS-1123 subdomain: {HINT}"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,7 +447,7 @@ mod tests {
         let c = parse(GOOD).expect("valid config");
         assert_eq!(
             c.master,
-            MasterUrl {
+            BrokerUrl {
                 transport: MqttTransport::Tcp,
                 host: "10.0.0.1".into(),
                 port: 1883
@@ -656,37 +548,6 @@ mod tests {
     fn malformed_toml_has_line_and_column() {
         let err = parse("master = \"mqtt://a:1\"\nnode = \n").expect_err("malformed");
         assert!(err.to_string().starts_with("agent.toml:2:"), "{err}");
-    }
-
-    #[test]
-    fn master_urls() {
-        assert!(MasterUrl::parse("mqtts://[fd00::1]:8883")
-            .is_ok_and(|u| u.host == "fd00::1" && u.port == 8883));
-        assert_eq!(
-            MasterUrl::parse("mqtts://[fd00::1]:8883").map(|u| u.to_string()),
-            Ok("mqtts://[fd00::1]:8883".to_owned())
-        );
-        for bad in [
-            "http://a:1",
-            "mqtt://a",
-            "mqtt://:1883",
-            "mqtt://a:0",
-            "mqtt://a:99999",
-            "mqtt://u@a:1",
-            "a:1",
-        ] {
-            assert!(MasterUrl::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn node_names() {
-        for good in ["pi-01", "a", "rack1.pi-3"] {
-            assert!(validate_node_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "Pi", "-a", "a-", "a..b", "a_b", &"x".repeat(64)] {
-            assert!(validate_node_name(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

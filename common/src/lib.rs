@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod defaults;
+pub mod endpoint;
 pub mod kinds;
 pub mod manifest;
 pub mod meta;

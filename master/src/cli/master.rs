@@ -127,24 +127,16 @@ fn default_service_cidr() -> String {
     "10.96.0.0/16".into()
 }
 
-/// An external broker address, `mqtt://HOST:PORT`.
+/// An external broker address, `mqtt://HOST:PORT` (the form agents take).
 fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-        format!("--mqtt-url {url:?}: use mqtt://HOST:PORT (mqtts is not supported yet)")
-    })?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("--mqtt-url {url:?}: the port is not a number"))?,
-        ),
-        None => (rest.to_string(), 1883),
-    };
-    if host.is_empty() {
-        return Err(format!("--mqtt-url {url:?}: no host"));
+    use bramble_common::endpoint::{BrokerUrl, MqttTransport};
+    let parsed = BrokerUrl::parse(url).map_err(|reason| format!("--mqtt-url {url:?}: {reason}"))?;
+    if parsed.transport == MqttTransport::Tls {
+        return Err(format!(
+            "--mqtt-url {url:?}: mqtts:// is not supported by the master yet; use mqtt://HOST:PORT"
+        ));
     }
-    Ok((host, port))
+    Ok((parsed.host, parsed.port))
 }
 
 fn default_event_log_capacity() -> usize {

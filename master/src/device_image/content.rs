@@ -6,60 +6,6 @@ pub const CGROUP_PARAMS: [&str; 2] = ["cgroup_enable=memory", "cgroup_memory=1"]
 /// A parameter some images carry that contradicts [`CGROUP_PARAMS`].
 const CGROUP_DISABLE_MEMORY: &str = "cgroup_disable=memory";
 
-/// Check that a master address is `mqtt://HOST:PORT` or `mqtts://HOST:PORT`,
-/// the form `bramble-agent` accepts.
-pub fn validate_master_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("mqtts://"))
-        .ok_or("the scheme must be mqtt:// or mqtts://, e.g. mqtt://192.168.1.10:1883")?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '?', '#', '@'])
-        || authority
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err("give only scheme, host and port, e.g. mqtt://master.local:1883".into());
-    }
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or("an IPv6 host needs a closing bracket")?;
-            (host, after.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    if host.is_empty() {
-        return Err("the host is missing, e.g. mqtt://192.168.1.10:1883".into());
-    }
-    let port =
-        port.ok_or("the port is missing, e.g. mqtt://HOST:1883 (mqtts://HOST:8883 for TLS)")?;
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!(
-            "the port {port:?} is not a number between 1 and 65535"
-        )),
-    }
-}
-
-/// Check a node name is a DNS-1123 subdomain, as `bramble-agent` requires.
-pub fn validate_node_name(name: &str) -> Result<(), String> {
-    const HINT: &str =
-        "use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, e.g. pi-01";
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!("a node name has 1 to 253 characters: {HINT}"));
-    }
-    if name.split('.').all(is_dns_label) {
-        Ok(())
-    } else {
-        Err(format!("not a DNS-1123 subdomain: {HINT}"))
-    }
-}
-
 /// Check a host name for `/etc/hostname`: at most 64 characters of DNS labels.
 pub fn validate_hostname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
@@ -275,20 +221,6 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(validate_master_url("mqtt://10.0.0.1:1883").is_ok());
-        assert!(validate_master_url("mqtts://[fd00::1]:8883").is_ok());
-        for bad in [
-            "http://a:1",
-            "mqtt://a",
-            "mqtt://:1",
-            "mqtt://a:0",
-            "mqtt://a b:1",
-            "mqtt://a:1/x",
-        ] {
-            assert!(validate_master_url(bad).is_err(), "{bad}");
-        }
-        assert!(validate_node_name("pi-01").is_ok());
-        assert!(validate_node_name("Pi-01").is_err());
         assert!(validate_hostname(&"a".repeat(65)).is_err());
         assert!(validate_token("abc.DEF_123").is_ok());
         assert!(validate_token("a b").is_err());

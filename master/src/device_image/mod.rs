@@ -339,10 +339,12 @@ struct Layout {
 /// Build the image(s) `args` asks for. Blocking (copies whole images and runs
 /// external tools): call it from a plain thread or `spawn_blocking`.
 pub fn run(args: &DeviceImageArgs) -> Result<BuildReport, DeviceImageError> {
-    content::validate_master_url(&args.master).map_err(|reason| DeviceImageError::Invalid {
-        what: "--master",
-        value: args.master.clone(),
-        reason,
+    bramble_common::endpoint::BrokerUrl::parse(&args.master).map_err(|reason| {
+        DeviceImageError::Invalid {
+            what: "--master",
+            value: args.master.clone(),
+            reason,
+        }
     })?;
     let jobs = plan_jobs(args)?;
     let input = &args.input;
@@ -438,7 +440,8 @@ fn plan_jobs(args: &DeviceImageArgs) -> Result<Vec<Job>, DeviceImageError> {
                     "give --output, --node and --token for one device, or --fleet FILE --output-dir DIR".into(),
                 ));
             };
-            content::validate_node_name(node).map_err(|r| invalid("--node", node, r))?;
+            bramble_common::endpoint::validate_node_name(node)
+                .map_err(|r| invalid("--node", node, r))?;
             content::validate_token(token).map_err(|r| invalid("--token", "<redacted>", r))?;
             let hostname = args.hostname.clone().unwrap_or_else(|| node.clone());
             vec![Job {
@@ -482,7 +485,8 @@ fn parse_fleet(path: &Path, text: &str) -> Result<Vec<(String, String)>, DeviceI
                 fields.len()
             )));
         };
-        content::validate_node_name(node).map_err(|r| err(format!("node {node:?}: {r}")))?;
+        bramble_common::endpoint::validate_node_name(node)
+            .map_err(|r| err(format!("node {node:?}: {r}")))?;
         content::validate_token(token).map_err(|r| err(format!("token of {node}: {r}")))?;
         if nodes.iter().any(|(n, _)| n == node) {
             return Err(err(format!("node {node} appears twice")));
