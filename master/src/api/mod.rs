@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod pod_cidr;
 pub mod request;
 pub mod selectors;
 pub mod server;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub scratch_dir: std::path::PathBuf,
     /// Serialises node registrations (pod CIDRs are handed out from what exists).
     pub node_registration: tokio::sync::Mutex<()>,
+    /// Where nodes' pod CIDRs come from (`--cluster-cidr`, `--node-cidr-mask-size`).
+    pub pod_cidrs: pod_cidr::PodCidrPool,
 }
 
 /// The API router: one dispatcher for every path.
