@@ -539,6 +539,50 @@ async fn a_lagging_watch_catches_up_from_the_log() {
 }
 
 #[tokio::test]
+async fn a_watch_far_behind_catches_up_one_page_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = StoreOptions::default().with_watch_channel_capacity(2);
+    let store = Store::open(&dir.path().join("s.redb"), options).expect("open");
+    let mut watch = store.watch(Some(Kind::Pod), None, 0).expect("watch");
+    let total = super::watch::CATCH_UP_PAGE * 2 + 10;
+    // Pods and ConfigMaps interleaved (the watch skips the ConfigMaps),
+    // created concurrently so the writer commits them in groups.
+    let creates = (0..total).map(|i| {
+        let store = store.clone();
+        async move {
+            let name = format!("p{i}");
+            store
+                .create(&pod_key("default", &name), pod(&name, "x"))
+                .await
+                .expect("create pod");
+            store
+                .create(
+                    &ObjectKey::new(Kind::ConfigMap, "default", &name),
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}),
+                )
+                .await
+                .expect("create config map");
+        }
+    });
+    futures_util::future::join_all(creates).await;
+    let mut last = 0;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..total {
+        let event = next_event(&mut watch).await;
+        assert!(event.revision > last, "in revision order");
+        last = event.revision;
+        assert_eq!(event.key.kind, Kind::Pod);
+        assert!(seen.insert(event.key.name.clone()), "once each");
+        assert!(
+            watch.buffered() <= super::watch::CATCH_UP_PAGE,
+            "a catch-up holds at most one page ({} buffered)",
+            watch.buffered()
+        );
+    }
+    assert_eq!(seen.len(), total);
+}
+
+#[tokio::test]
 async fn watching_from_a_compacted_revision_is_gone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = StoreOptions::default().with_event_log_capacity(5);
