@@ -432,6 +432,7 @@ async fn run(
             settings,
             endpoint: mqtt.clone(),
             debounce: std::time::Duration::from_millis(100),
+            peer_interval: std::time::Duration::from_secs(2),
         },
         health.clone(),
         stopped(),

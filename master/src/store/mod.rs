@@ -584,7 +584,22 @@ impl Store {
         namespace: Option<&str>,
         since_revision: u64,
     ) -> Result<Watch, StoreError> {
-        Watch::start(self.clone(), kind, namespace, since_revision)
+        Watch::start(
+            self.clone(),
+            kind.into_iter().collect(),
+            namespace,
+            since_revision,
+        )
+    }
+
+    /// Watches changes of any of `kinds` in every namespace after
+    /// `since_revision` (`0`: from now); like [`Store::watch`]. One watch
+    /// instead of one per kind: a catch-up reads the log once.
+    pub fn watch_kinds(&self, kinds: &[Kind], since_revision: u64) -> Result<Watch, StoreError> {
+        if kinds.is_empty() {
+            return Err(StoreError::invalid("watch_kinds needs at least one kind"));
+        }
+        Watch::start(self.clone(), kinds.to_vec(), None, since_revision)
     }
 
     /// The revision of the last committed change (0 for an empty store).

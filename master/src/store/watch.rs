@@ -26,10 +26,16 @@ use super::{Store, StoreError, WatchEvent};
 /// Most matching events one read of the log returns.
 pub(crate) const CATCH_UP_PAGE: usize = 256;
 
+/// Whether `kind` is one of `kinds` (empty: every kind).
+fn kind_wanted(kinds: &[Kind], kind: Kind) -> bool {
+    kinds.is_empty() || kinds.contains(&kind)
+}
+
 /// A stream of changes; see [`Store::watch`].
 pub struct Watch {
     store: Store,
-    kind: Option<Kind>,
+    /// The kinds watched; empty for all.
+    kinds: Vec<Kind>,
     namespace: Option<String>,
     live: broadcast::Receiver<WatchEvent>,
     /// Deliver only events after this revision.
@@ -46,7 +52,7 @@ pub struct Watch {
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
-            .field("kind", &self.kind)
+            .field("kinds", &self.kinds)
             .field("namespace", &self.namespace)
             .field("since", &self.since)
             .field("seen", &self.seen)
@@ -70,7 +76,7 @@ struct LogRead {
 impl Watch {
     pub(crate) fn start(
         store: Store,
-        kind: Option<Kind>,
+        kinds: Vec<Kind>,
         namespace: Option<&str>,
         since_revision: u64,
     ) -> Result<Watch, StoreError> {
@@ -96,7 +102,7 @@ impl Watch {
         };
         Ok(Watch {
             store,
-            kind,
+            kinds,
             namespace: namespace.map(str::to_string),
             live,
             since,
@@ -184,7 +190,7 @@ impl Watch {
 
     fn matches(&self, event: &WatchEvent) -> bool {
         event.revision > self.since
-            && self.kind.is_none_or(|k| k == event.key.kind)
+            && kind_wanted(&self.kinds, event.key.kind)
             && self
                 .namespace
                 .as_deref()
@@ -196,7 +202,7 @@ impl Watch {
     async fn read_log(&self) -> Result<LogRead, StoreError> {
         let after = self.seen;
         let since = self.since;
-        let kind = self.kind;
+        let kinds = self.kinds.clone();
         let namespace = self.namespace.clone();
         self.store
             .read(move |shared, txn| {
@@ -236,7 +242,7 @@ impl Watch {
                             "event {event_revision} in the log is malformed"
                         ))
                     })?;
-                    let wanted = kind.is_none_or(|k| k == header.key.kind)
+                    let wanted = kind_wanted(&kinds, header.key.kind)
                         && namespace
                             .as_deref()
                             .is_none_or(|ns| ns == header.key.namespace);
