@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
 use bramble_common::{validation, Kind};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
@@ -30,6 +31,9 @@ pub const TOKEN_NODE_KEY: &str = "node";
 pub fn token_secret_name(node: &str) -> String {
     format!("bramble-node-token-{node}")
 }
+
+/// Nodes registered at once by one request.
+const REGISTRATIONS_IN_FLIGHT: usize = 32;
 
 fn node_key(name: &str) -> ObjectKey {
     ObjectKey {
@@ -79,16 +83,29 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
     // Hand out every CIDR before writing anything: a registration that does
     // not fit is refused whole, never half done.
     let cidrs = free_pod_cidrs(&state.store, &state.pod_cidrs, names.len()).await?;
-    let mut answers = Vec::new();
-    for (name, cidr) in names.iter().zip(cidrs) {
-        let token = pki::new_token();
-        set_token(&state.store, name, &token).await?;
-        state
-            .store
-            .create(&node_key(name), node_object(name, &cidr, &[]))
-            .await?;
-        answers.push(json!({"name": name, "token": token, "podCIDR": cidr}));
-    }
+    // Several at once: the store commits them in groups.
+    let registrations: Vec<_> = names
+        .iter()
+        .cloned()
+        .zip(cidrs)
+        .map(|(name, cidr)| {
+            let store = state.store.clone();
+            async move {
+                let token = pki::new_token();
+                set_token(&store, &name, &token).await?;
+                store
+                    .create(&node_key(&name), node_object(&name, &cidr, &[]))
+                    .await?;
+                Ok::<_, ApiError>(json!({"name": name, "token": token, "podCIDR": cidr}))
+            }
+        })
+        .collect();
+    let answers: Vec<Value> = futures_util::stream::iter(registrations)
+        .buffered(REGISTRATIONS_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"nodes": answers}),
