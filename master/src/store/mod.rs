@@ -466,6 +466,25 @@ impl Store {
         .await
     }
 
+    /// Replaces an object and its `status` in one write (as Kubernetes'
+    /// pod binding sets `spec.nodeName` and the `PodScheduled` condition
+    /// together): one revision, one event. No-op writes are skipped.
+    pub async fn update_with_status(
+        &self,
+        key: &ObjectKey,
+        object: Value,
+        status: Value,
+        precondition: Precondition,
+    ) -> Result<Value, StoreError> {
+        self.submit_object(Op::UpdateWithStatus {
+            key: key.clone(),
+            object,
+            status,
+            precondition,
+        })
+        .await
+    }
+
     /// Replaces only `status` (`null` removes it). No-op writes are skipped.
     pub async fn update_status(
         &self,

@@ -332,6 +332,55 @@ async fn status_updates_change_only_status() {
 }
 
 #[tokio::test]
+async fn an_update_with_status_writes_both_in_one_revision() {
+    let (_dir, _path, store) = temp_store();
+    let key = pod_key("default", "web");
+    let created = store
+        .create(&key, pod("web", "nginx"))
+        .await
+        .expect("create");
+    let mut watch = store.watch(Some(Kind::Pod), None, 0).expect("watch");
+    let mut body = created.clone();
+    body["spec"]["nodeName"] = json!("pi-1");
+    let status =
+        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
+    // A stale precondition is refused and writes nothing.
+    let err = store
+        .update_with_status(
+            &key,
+            body.clone(),
+            status.clone(),
+            Precondition::resource_version(99),
+        )
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    let bound = store
+        .update_with_status(
+            &key,
+            body.clone(),
+            status.clone(),
+            Precondition::resource_version(rv(&created)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(bound["spec"]["nodeName"], "pi-1");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(rv(&bound), rv(&created) + 1, "one revision for both");
+    assert_eq!(bound["metadata"]["generation"], 2, "the spec changed");
+    let event = next_event(&mut watch).await;
+    assert_eq!(event.revision, rv(&bound));
+    assert_eq!(event.object["status"]["phase"], "Pending");
+    // The same again writes nothing.
+    let again = store
+        .update_with_status(&key, body, status, Precondition::default())
+        .await
+        .expect("no-op");
+    assert_eq!(rv(&again), rv(&bound));
+    assert_eq!(store.current_revision(), rv(&bound));
+}
+
+#[tokio::test]
 async fn finalizers_delay_deletion_until_the_last_is_removed() {
     let (_dir, _path, store) = temp_store();
     let key = pod_key("default", "web");
