@@ -20,8 +20,9 @@
 //! bytes written by the master process (`/proc/PID/io` write_bytes) per pod
 //! and per idle minute.
 //!
-//! A master hands each node a /24 of 10.244.0.0/16, so it registers at most
-//! 256 nodes: with more, registration fails and so does this benchmark.
+//! The master hands each node a block of its pod range 10.244.0.0/16: a /24
+//! up to 256 nodes, else the longest mask that fits them all (`/26` for
+//! 1,000 nodes: 61 pods each), passed as `--node-cidr-mask-size`.
 //!
 //! `BRAMBLE_BENCH_NODES` (default 1000), `BRAMBLE_BENCH_PODS` (default
 //! 10000), `BRAMBLE_BENCH_IDLE_SECONDS` (default 60),
@@ -487,12 +488,18 @@ enum Broker {
     Mosquitto,
 }
 
+/// The node mask that fits `nodes` blocks in a /16, at least /24.
+fn node_mask_size(nodes: usize) -> u32 {
+    let bits = nodes.max(1).next_power_of_two().trailing_zeros();
+    (16 + bits).clamp(24, 30)
+}
+
 fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let data = dir.path().join("data");
     let password = "bench-master-password";
     let mosquitto = (broker == Broker::Mosquitto).then(|| Mosquitto::start(dir.path(), password));
-    let extra: Vec<String> = match &mosquitto {
+    let mut extra: Vec<String> = match &mosquitto {
         Some(m) => vec![
             "--mqtt-url".into(),
             format!("mqtt://127.0.0.1:{}", m.port),
@@ -503,6 +510,10 @@ fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
         ],
         None => Vec::new(),
     };
+    extra.extend([
+        "--node-cidr-mask-size".into(),
+        node_mask_size(nodes).to_string(),
+    ]);
     let master = start_master(&data, &dir.path().join("master.log"), &extra);
     let pid = master.guard.pid();
     let port: u16 = master
@@ -516,7 +527,8 @@ fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
         Broker::Mosquitto => format!("mosquitto {}", mosquitto_version()),
     };
     println!(
-        "\n== {title}: {nodes} sim nodes, {pods} pods, idle {idle} s; master API {}, MQTT {}",
+        "\n== {title}: {nodes} sim nodes (a /{} pod CIDR each), {pods} pods, idle {idle} s; master API {}, MQTT {}",
+        node_mask_size(nodes),
         master.listen, master.mqtt
     );
 

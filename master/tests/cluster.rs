@@ -543,3 +543,104 @@ fn garbage_mqtt_payloads_leave_master_and_agents_running() {
         "the same garbage is logged once per reason: {dropped:#?}"
     );
 }
+
+/// `bramble master` with `flags` on `data_dir` must refuse to start: its
+/// exit status is an error and stderr says why (returned).
+#[track_caller]
+fn master_refuses(data_dir: &Path, flags: &[&str]) -> String {
+    let mut child = std::process::Command::new(support::bramble_bin())
+        .arg("master")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .args(flags)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bramble master");
+    let status = wait_until("the master to exit", SETTLE, || {
+        child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert!(
+        !status.success(),
+        "the master started with {flags:?}:\n{stderr}"
+    );
+    stderr
+}
+
+fn pod_cidr_of(master: &Master, node: &str) -> String {
+    get_node(master, node)["spec"]["podCIDR"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn pod_cidr_flags_size_the_nodes_blocks_and_a_conflicting_restart_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut master = start_master(dir.path(), &["--node-cidr-mask-size", "26"]);
+    let out = ok(master.bramble(&["node", "add", "--count", "3", "--prefix", "pi-"]));
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(pod_cidr_of(&master, "pi-1"), "10.244.0.0/26");
+    assert_eq!(pod_cidr_of(&master, "pi-2"), "10.244.0.64/26");
+    assert_eq!(pod_cidr_of(&master, "pi-3"), "10.244.0.128/26");
+    let table = ok(master.bramble(&["get", "nodes"]));
+    assert!(table.contains("10.244.0.64/26"), "{table}");
+    assert!(master.stop().success());
+
+    // A cluster range that does not hold the blocks nodes have is refused.
+    let refused = master_refuses(&data, &["--cluster-cidr", "10.10.0.0/16"]);
+    assert!(
+        refused.contains("--cluster-cidr 10.10.0.0/16 does not contain pod CIDR 10.244.0.0/26 of existing node pi-1"),
+        "{refused}"
+    );
+    // So are a mask that does not fit the range and a malformed range.
+    let refused = master_refuses(&data, &["--node-cidr-mask-size", "12"]);
+    assert!(
+        refused.contains("--node-cidr-mask-size 12 does not fit --cluster-cidr 10.244.0.0/16"),
+        "{refused}"
+    );
+    let refused = master_refuses(&data, &["--cluster-cidr", "10.244.0.0"]);
+    assert!(
+        refused.contains("--cluster-cidr \"10.244.0.0\" is not an IPv4 CIDR"),
+        "{refused}"
+    );
+
+    // Back to the default /24s: the nodes keep their /26s, a new node gets
+    // the first /24 that overlaps none of them.
+    let mut master = start_master(dir.path(), &[]);
+    add_node(&master, "pi-4");
+    assert_eq!(pod_cidr_of(&master, "pi-1"), "10.244.0.0/26");
+    assert_eq!(pod_cidr_of(&master, "pi-4"), "10.244.1.0/24");
+    assert!(master.stop().success());
+
+    // A tiny range fills up: a registration that does not fit is refused
+    // whole, with what to change.
+    let small = tempfile::tempdir().expect("tempdir");
+    let master = start_master(
+        small.path(),
+        &[
+            "--cluster-cidr",
+            "10.99.0.0/29",
+            "--node-cidr-mask-size",
+            "30",
+        ],
+    );
+    let refused =
+        support::fails(master.bramble(&["node", "add", "--count", "3", "--prefix", "x-"]));
+    assert!(
+        refused.contains("registering 3 node(s) needs more pod CIDRs than are free: 2 /30 block(s) of --cluster-cidr 10.99.0.0/29 are left"),
+        "{refused}"
+    );
+    let nodes = get_json(&master, &["nodes"]).expect("nodes");
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(0), "{nodes}");
+}

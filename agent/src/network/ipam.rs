@@ -391,6 +391,27 @@ mod tests {
     }
 
     #[test]
+    fn node_cidrs_other_than_slash_24() {
+        // A /26 (1,024 nodes in a /16): 61 pods, .2 ..= .62 of its block.
+        let mut ipam = Ipam::new(net("10.244.0.64/26")).unwrap();
+        assert_eq!(ipam.gateway(), ip("10.244.0.65"));
+        let all: Vec<Ipv4Addr> = (0..61)
+            .map(|i| ipam.allocate(&format!("p{i}")).unwrap())
+            .collect();
+        assert_eq!(all[0], ip("10.244.0.66"));
+        assert_eq!(all[60], ip("10.244.0.126"));
+        assert!(ipam.allocate("one-too-many").is_err());
+        // A /20 crosses octet boundaries.
+        let mut ipam = Ipam::new(net("10.16.16.0/20")).unwrap();
+        for i in 0..300 {
+            ipam.allocate(&format!("p{i}")).unwrap();
+        }
+        assert_eq!(ipam.get("p299"), Some(ip("10.16.17.45")));
+        let back = Ipam::from_json(&ipam.to_json()).unwrap();
+        assert_eq!(back, ipam);
+    }
+
+    #[test]
     fn too_small_cidr_is_refused() {
         assert!(matches!(
             Ipam::new(net("10.0.0.0/31")),

@@ -109,9 +109,12 @@ pub enum MtuSource {
 /// What the node's network should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeNetConfig {
-    /// This node's pod CIDR (a /24 assigned by the master).
+    /// This node's pod CIDR (assigned by the master: any prefix up to /30,
+    /// a /24 by default).
     pub pod_cidr: Ipv4Net,
     /// The whole cluster's pod CIDR: traffic to it is never masqueraded.
+    /// The sync loop sets the smallest prefix over every node's pod CIDR
+    /// (the master does not send its `--cluster-cidr`).
     pub cluster_cidr: Ipv4Net,
     /// The node's own address (used to pick the uplink for the MTU).
     pub node_address: Option<Ipv4Addr>,

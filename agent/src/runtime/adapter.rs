@@ -36,8 +36,8 @@ use crate::sync::{LogLocation, PodRuntime, RuntimeError as SyncError};
 /// What the adapter knows of the node network.
 #[derive(Debug, Default)]
 struct NetState {
-    /// The pod CIDR and peers last applied successfully.
-    applied: Option<(Ipv4Net, Vec<Peer>)>,
+    /// What was last applied successfully.
+    applied: Option<AppliedNet>,
     /// `retain_pods` ran since the start.
     retained: bool,
     /// Why the node network is not usable (pods wait for it), if it is not.
@@ -46,6 +46,39 @@ struct NetState {
     logged: Option<String>,
     /// Pod addresses, by UID.
     pods: BTreeMap<String, PodNetStatus>,
+}
+
+/// The node network as last applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AppliedNet {
+    /// This node's pod CIDR.
+    pod_cidr: Ipv4Net,
+    /// The cluster's pod range as far as it is known ([`pod_range`]).
+    pod_range: Ipv4Net,
+    /// The other nodes.
+    peers: Vec<Peer>,
+}
+
+/// The smallest prefix holding this node's pod CIDR and every other node's:
+/// the cluster's pod range as far as this node needs it (traffic to it is
+/// not masqueraded). Protocol v1 does not carry the master's
+/// `--cluster-cidr`; every pod address lives in some node's pod CIDR, and
+/// each one is inside the cluster range, so this prefix is too. It grows
+/// as nodes join (the desired state lists them).
+fn pod_range(own: Ipv4Net, desired: &NodeDesired) -> Ipv4Net {
+    let own = own.trunc();
+    let mut low = u32::from(own.network());
+    let mut high = u32::from(own.broadcast());
+    for peer in &desired.peers {
+        if let Ok(cidr) = peer.pod_cidr.parse::<Ipv4Net>() {
+            low = low.min(u32::from(cidr.network()));
+            high = high.max(u32::from(cidr.broadcast()));
+        }
+    }
+    let common = u8::try_from((low ^ high).leading_zeros()).unwrap_or(32);
+    Ipv4Net::new(Ipv4Addr::from(low), common.min(own.prefix_len()))
+        .map(|n| n.trunc())
+        .unwrap_or(own)
 }
 
 /// The real runtime and the pod network as the sync loop's [`PodRuntime`].
@@ -202,20 +235,28 @@ impl PodRuntime for LinuxPodRuntime {
             let net = lock(&self.net);
             (net.applied.clone(), net.retained)
         };
-        if applied.as_ref() == Some(&(cidr, peers.clone())) && retained {
+        let range = pod_range(cidr, desired);
+        let wanted = AppliedNet {
+            pod_cidr: cidr,
+            pod_range: range,
+            peers,
+        };
+        if applied.as_ref() == Some(&wanted) && retained {
             return;
         }
+        let peers = wanted.peers.clone();
         let runtime = Arc::clone(&self.runtime);
         let node_address = self.node_address;
         let mut live: Vec<String> = desired.pods.iter().map(|p| p.uid.clone()).collect();
         let result = blocking(move || -> Result<Option<Vec<String>>, NetworkError> {
-            if applied.as_ref().map(|a| a.0) != Some(cidr) {
+            if applied.as_ref().map(|a| (a.pod_cidr, a.pod_range)) != Some((cidr, range)) {
                 let mut config = NodeNetConfig::new(cidr);
+                config.cluster_cidr = range;
                 config.node_address = node_address;
                 // ensure_node logs what it created or repaired.
                 network.ensure_node(&config)?;
             }
-            if applied.as_ref().map(|a| &a.1) != Some(&peers) {
+            if applied.as_ref().map(|a| &a.peers) != Some(&peers) {
                 let changes = network.sync_routes(&peers)?;
                 if !changes.is_empty() {
                     info!(added = ?changes.added, removed = ?changes.removed, "routes to other nodes updated");
@@ -234,7 +275,7 @@ impl PodRuntime for LinuxPodRuntime {
         match result {
             Ok(Ok(released)) => {
                 let mut net = lock(&self.net);
-                net.applied = Some((cidr, peers_of(desired)));
+                net.applied = Some(wanted);
                 net.node_error = None;
                 net.logged = None;
                 if let Some(released) = released {
@@ -482,5 +523,69 @@ mod tests {
         let status = adapter.sync_pod(&pod("a", false)).await.unwrap();
         assert_eq!(status.pod_ip, None);
         assert!(network.calls().is_empty(), "{:?}", network.calls());
+    }
+
+    #[tokio::test]
+    async fn node_cidrs_of_any_size_and_the_pod_range_from_the_peers() {
+        use bramble_common::wire::PeerNode;
+        let network = Arc::new(RecordingNetwork::new());
+        let (_runtime, adapter) = adapter(network.clone());
+        let peer = |name: &str, cidr: &str| PeerNode {
+            name: name.into(),
+            address: "192.168.1.20".into(),
+            pod_cidr: cidr.into(),
+        };
+        // A /26 of a /12 cluster range the agent is not told about.
+        let mut desired = node("10.16.0.64/26");
+        desired.peers = vec![peer("pi-1", "10.16.0.0/26")];
+        adapter.sync_node(&desired).await;
+        let status = adapter.sync_pod(&pod("a", false)).await.unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.16.0.66"));
+        let ensured: Vec<NodeNetConfig> = network
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::network::fake::Call::EnsureNode(config) => Some(config),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ensured.len(), 1, "{ensured:?}");
+        assert_eq!(ensured[0].pod_cidr.to_string(), "10.16.0.64/26");
+        assert_eq!(ensured[0].cluster_cidr.to_string(), "10.16.0.0/25");
+        // A node far away widens the range (no masquerade towards it).
+        desired.peers.push(peer("pi-9", "10.31.255.192/26"));
+        desired.generation += 1;
+        adapter.sync_node(&desired).await;
+        let last = network.calls().into_iter().rev().find_map(|c| match c {
+            crate::network::fake::Call::EnsureNode(config) => Some(config),
+            _ => None,
+        });
+        assert_eq!(
+            last.map(|c| c.cluster_cidr.to_string()).as_deref(),
+            Some("10.16.0.0/12")
+        );
+    }
+
+    #[test]
+    fn the_pod_range_is_the_smallest_prefix_over_every_node() {
+        let mut desired = node("10.244.0.0/24");
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert_eq!(
+            pod_range(net("10.244.0.0/24"), &desired),
+            net("10.244.0.0/24")
+        );
+        for cidr in ["10.244.1.0/24", "bogus", "10.244.2.0/24"] {
+            desired.peers.push(bramble_common::wire::PeerNode {
+                name: cidr.into(),
+                address: String::new(),
+                pod_cidr: cidr.into(),
+            });
+        }
+        assert_eq!(
+            pod_range(net("10.244.0.0/24"), &desired),
+            net("10.244.0.0/22")
+        );
+        desired.peers.clear();
+        assert_eq!(pod_range(net("0.0.0.0/0"), &desired), net("0.0.0.0/0"));
     }
 }

@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod pod_cidr;
 pub mod request;
 pub mod selectors;
 pub mod server;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub node_registration: tokio::sync::Mutex<()>,
     /// Reaches the agents (logs).
     pub rpc: Arc<crate::rpc::RpcHub>,
+    /// Where nodes' pod CIDRs come from (`--cluster-cidr`, `--node-cidr-mask-size`).
+    pub pod_cidrs: pod_cidr::PodCidrPool,
 }
 
 /// The API router: one dispatcher for every path.

@@ -1,21 +1,20 @@
 //! Node registration (`bramble node add` / `rm`): a Node object with a pod
-//! CIDR, and a join token kept only as a SHA-256 digest in a Secret in
-//! `kube-system` (as Kubernetes keeps bootstrap tokens).
+//! CIDR (from [`PodCidrPool`]), and a join token kept only as a SHA-256
+//! digest in a Secret in `kube-system` (as Kubernetes keeps bootstrap tokens).
 //!
 //! `POST /bramble/v1/nodes` with `{"names": [...]}` registers nodes and
 //! answers their tokens (the only time they are shown);
 //! `DELETE /bramble/v1/nodes/{name}` revokes a node.
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
 use bramble_common::{validation, Kind};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::pod_cidr::PodCidrPool;
 use super::{json_response, pki, ApiState};
 use crate::store::{ObjectKey, Precondition, StoreError};
 
@@ -33,28 +32,8 @@ pub fn token_secret_name(node: &str) -> String {
     format!("bramble-node-token-{node}")
 }
 
-/// The pod CIDRs nodes get: `/24`s of this `/16`.
-#[derive(Debug, Clone, Copy)]
-pub struct PodCidrPool {
-    /// First address of the cluster's pod range (`10.244.0.0`).
-    pub base: Ipv4Addr,
-}
-
-impl Default for PodCidrPool {
-    fn default() -> Self {
-        PodCidrPool {
-            base: Ipv4Addr::new(10, 244, 0, 0),
-        }
-    }
-}
-
-impl PodCidrPool {
-    /// The `index`-th `/24`.
-    pub fn cidr(&self, index: u8) -> String {
-        let [a, b, _, _] = self.base.octets();
-        format!("{a}.{b}.{index}.0/24")
-    }
-}
+/// Nodes registered at once by one request.
+const REGISTRATIONS_IN_FLIGHT: usize = 32;
 
 fn node_key(name: &str) -> ObjectKey {
     ObjectKey {
@@ -103,46 +82,49 @@ pub async fn add(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
     }
     // Hand out every CIDR before writing anything: a registration that does
     // not fit is refused whole, never half done.
-    let cidrs = free_pod_cidrs(&state.store, names.len()).await?;
-    let mut answers = Vec::new();
-    for (name, cidr) in names.iter().zip(cidrs) {
-        let token = pki::new_token();
-        set_token(&state.store, name, &token).await?;
-        state
-            .store
-            .create(&node_key(name), node_object(name, &cidr, &[]))
-            .await?;
-        answers.push(json!({"name": name, "token": token, "podCIDR": cidr}));
-    }
+    let cidrs = free_pod_cidrs(&state.store, &state.pod_cidrs, names.len()).await?;
+    // Several at once: the store commits them in groups.
+    let registrations: Vec<_> = names
+        .iter()
+        .cloned()
+        .zip(cidrs)
+        .map(|(name, cidr)| {
+            let store = state.store.clone();
+            async move {
+                let token = pki::new_token();
+                set_token(&store, &name, &token).await?;
+                store
+                    .create(&node_key(&name), node_object(&name, &cidr, &[]))
+                    .await?;
+                Ok::<_, ApiError>(json!({"name": name, "token": token, "podCIDR": cidr}))
+            }
+        })
+        .collect();
+    let answers: Vec<Value> = futures_util::stream::iter(registrations)
+        .buffered(REGISTRATIONS_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"nodes": answers}),
     ))
 }
 
-/// `count` pod CIDRs nobody holds yet, or an error when the range is full.
+/// `count` pod CIDRs of `pool` nobody holds yet (lowest first), or an
+/// error when the cluster range has fewer free.
 pub async fn free_pod_cidrs(
     store: &crate::store::Store,
+    pool: &PodCidrPool,
     count: usize,
 ) -> Result<Vec<String>, ApiError> {
     let (nodes, _) = store.list(Kind::Node, None).await?;
-    let mut used: BTreeSet<String> = nodes
-        .iter()
-        .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
-        .collect();
-    let pool = PodCidrPool::default();
-    let mut cidrs = Vec::new();
-    for _ in 0..count {
-        let cidr = (0..=255u8)
-            .map(|i| pool.cidr(i))
-            .find(|c| !used.contains(c))
-            .ok_or_else(|| ApiError::bad_request(format!(
-                "registering {count} node(s) needs more pod CIDRs than are free: every /24 of the pod range 10.244.0.0/16 (256 nodes) would be taken; nothing was registered (remove nodes with `bramble node rm` first)"
-            )))?;
-        used.insert(cidr.clone());
-        cidrs.push(cidr);
-    }
-    Ok(cidrs)
+    let used = nodes.iter().filter_map(|n| n["spec"]["podCIDR"].as_str());
+    let blocks = pool
+        .allocate(used, count)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(blocks.iter().map(ToString::to_string).collect())
 }
 
 /// A new Node object for `name` with its pod CIDR (and extra labels).
@@ -234,10 +216,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pod_cidrs_are_slash_24s_of_the_pool() {
-        let pool = PodCidrPool::default();
-        assert_eq!(pool.cidr(0), "10.244.0.0/24");
-        assert_eq!(pool.cidr(17), "10.244.17.0/24");
+    fn token_secrets_are_named_after_the_node() {
         assert_eq!(token_secret_name("pi-1"), "bramble-node-token-pi-1");
     }
 }

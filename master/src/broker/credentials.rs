@@ -71,35 +71,56 @@ fn decode_hex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The node tokens stored in the store (Secrets of type
-/// `bramble.io/node-token` in `kube-system`), as user → digest.
-pub async fn node_tokens(
-    store: &crate::store::Store,
-) -> Result<HashMap<String, [u8; 32]>, crate::store::StoreError> {
+/// The node and token digest a Secret holds, if it is a node token
+/// (type `bramble.io/node-token` in `kube-system`).
+fn token_of(secret: &serde_json::Value) -> Option<(String, [u8; 32])> {
     use crate::api::nodes::{TOKEN_HASH_KEY, TOKEN_NAMESPACE, TOKEN_NODE_KEY, TOKEN_SECRET_TYPE};
     use base64::Engine;
-    let (secrets, _) = store
-        .list(bramble_common::Kind::Secret, Some(TOKEN_NAMESPACE))
-        .await?;
+    if secret["type"] != TOKEN_SECRET_TYPE || secret["metadata"]["namespace"] != TOKEN_NAMESPACE {
+        return None;
+    }
     let b64 = |v: &serde_json::Value| {
         v.as_str()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
             .and_then(|b| String::from_utf8(b).ok())
     };
+    let node = b64(&secret["data"][TOKEN_NODE_KEY])?;
+    let hash = decode_hex(&b64(&secret["data"][TOKEN_HASH_KEY])?)?;
+    Some((node, hash))
+}
+
+/// The node tokens stored in the store (Secrets of type
+/// `bramble.io/node-token` in `kube-system`), as user → digest.
+pub async fn node_tokens(
+    store: &crate::store::Store,
+) -> Result<HashMap<String, [u8; 32]>, crate::store::StoreError> {
+    Ok(token_secrets(store).await?.into_values().collect())
+}
+
+/// The node tokens by the name of the Secret holding each.
+async fn token_secrets(
+    store: &crate::store::Store,
+) -> Result<HashMap<String, (String, [u8; 32])>, crate::store::StoreError> {
+    let (secrets, _) = store
+        .list(
+            bramble_common::Kind::Secret,
+            Some(crate::api::nodes::TOKEN_NAMESPACE),
+        )
+        .await?;
     Ok(secrets
         .iter()
-        .filter(|s| s["type"] == TOKEN_SECRET_TYPE)
         .filter_map(|s| {
-            let node = b64(&s["data"][TOKEN_NODE_KEY])?;
-            let hash = decode_hex(&b64(&s["data"][TOKEN_HASH_KEY])?)?;
-            Some((node, hash))
+            let name = s["metadata"]["name"].as_str()?.to_string();
+            Some((name, token_of(s)?))
         })
         .collect())
 }
 
 /// Keep `credentials` in step with the node tokens in the store until
 /// `shutdown`. `on_revoked` is called with each node whose token went away
-/// (to disconnect the device).
+/// (to disconnect the device). Each change is applied from its watch event
+/// (registering N nodes costs N updates, not N listings of N tokens); the
+/// tokens are listed again only when the watch has to start over.
 pub async fn keep_in_step(
     store: crate::store::Store,
     credentials: std::sync::Arc<Credentials>,
@@ -107,15 +128,20 @@ pub async fn keep_in_step(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut known: HashMap<String, [u8; 32]> = node_tokens(&store).await.unwrap_or_default();
+    // Secret name → (node, digest) as last applied.
+    let mut known: HashMap<String, (String, [u8; 32])> = HashMap::new();
+    let mut first = true;
     loop {
-        let mut watch = match store.watch(
+        // Watch first, then list: nothing falls between them.
+        let watch = store.watch(
             Some(bramble_common::Kind::Secret),
             Some(crate::api::nodes::TOKEN_NAMESPACE),
-            store.current_revision(),
-        ) {
-            Ok(w) => w,
-            Err(error) => {
+            0,
+        );
+        let listed = token_secrets(&store).await;
+        let (mut watch, listed) = match (watch, listed) {
+            (Ok(w), Ok(l)) => (w, l),
+            (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(%error, "cannot watch node tokens; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
@@ -123,22 +149,43 @@ pub async fn keep_in_step(
                 }
             }
         };
+        if !first {
+            let now: std::collections::HashSet<&String> = listed.values().map(|(n, _)| n).collect();
+            for (node, _) in known.values().filter(|(n, _)| !now.contains(n)) {
+                on_revoked(node.clone());
+            }
+        }
+        first = false;
+        credentials.replace_all(listed.values().cloned().collect(), &[MASTER_USER]);
+        known = listed;
         loop {
             let event = tokio::select! {
                 e = watch.next() => e,
                 () = &mut shutdown => return,
             };
-            if event.is_none() {
+            let Some(event) = event else {
                 break;
-            }
-            let Ok(tokens) = node_tokens(&store).await else {
-                continue;
             };
-            for node in known.keys().filter(|n| !tokens.contains_key(*n)) {
-                on_revoked(node.clone());
+            let name = event.key.name.clone();
+            let token = match event.event_type {
+                crate::store::EventType::Deleted => None,
+                _ => token_of(&event.object),
+            };
+            match token {
+                Some((node, hash)) => {
+                    if let Some((old, _)) = known.get(&name).filter(|(old, _)| *old != node) {
+                        credentials.revoke(old);
+                    }
+                    credentials.allow(&node, hash);
+                    known.insert(name, (node, hash));
+                }
+                None => {
+                    if let Some((node, _)) = known.remove(&name) {
+                        credentials.revoke(&node);
+                        on_revoked(node);
+                    }
+                }
             }
-            credentials.replace_all(tokens.clone(), &[MASTER_USER]);
-            known = tokens;
         }
     }
 }

@@ -100,14 +100,27 @@ pub fn start(
     });
     let mut v4 = std::collections::HashMap::new();
     v4.insert("1".to_string(), settings);
+    let root = bramble_common::wire::TOPIC_ROOT;
     let router: rumqttd::RouterConfig = serde_json::from_value(serde_json::json!({
         "max_connections": 20000,
         "max_outgoing_packet_count": 200,
-        // Memory per topic grows to size x count: keep segments small (a
-        // Pi Zero has 512 MiB), but big enough for the largest message.
-        "max_segment_size": 256 * 1024,
+        // rumqttd keeps a log per subscription filter of up to
+        // max_segment_count segments, a segment growing until it passes
+        // max_segment_size; a subscriber that falls behind the log jumps to
+        // its oldest entry. Each device subscribes to its own desired-state
+        // topic, whose messages are whole states (only the newest matters)
+        // of up to 128 KiB: keep the last two and nothing more, or 1,000
+        // nodes hold hundreds of MiB of old desired states. The filters the
+        // master reads every node's messages through must lose nothing:
+        // larger logs there.
+        "max_segment_size": 1024,
         "max_segment_count": 2,
-        "custom_segment": null,
+        "custom_segment": {
+            format!("{root}/+/nodes/+/report"): {"max_segment_size": 1024 * 1024, "max_segment_count": 8},
+            format!("{root}/+/nodes/+/presence"): {"max_segment_size": 256 * 1024, "max_segment_count": 2},
+            format!("{root}/+/nodes/+/rpc/req"): {"max_segment_size": 64 * 1024, "max_segment_count": 2},
+            format!("{root}/+/rpc/resp/+"): {"max_segment_size": 1024 * 1024, "max_segment_count": 4},
+        },
         "initialized_filters": null,
     }))
     .map_err(|e| BrokerError::Start(format!("router settings: {e}")))?;

@@ -10,6 +10,7 @@ use std::process::Stdio;
 
 use bramble_common::Kind;
 
+use crate::api::pod_cidr::PodCidrPool;
 use crate::api::{nodes, pki};
 use crate::store::{ObjectKey, Store};
 
@@ -44,7 +45,7 @@ pub fn default_node_name() -> String {
 }
 
 /// Register the local node if needed and give it a fresh token.
-async fn fresh_token(store: &Store, node: &str) -> Result<String, String> {
+async fn fresh_token(store: &Store, pool: &PodCidrPool, node: &str) -> Result<String, String> {
     let node_key = ObjectKey {
         kind: Kind::Node,
         namespace: String::new(),
@@ -56,7 +57,7 @@ async fn fresh_token(store: &Store, node: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .is_none()
     {
-        let cidr = nodes::free_pod_cidrs(store, 1)
+        let cidr = nodes::free_pod_cidrs(store, pool, 1)
             .await
             .map_err(|e| e.0.message)?
             .pop()
@@ -86,6 +87,7 @@ pub async fn run(
     store: Store,
     mqtt: String,
     cluster: String,
+    pod_cidrs: PodCidrPool,
     credentials: Option<std::sync::Arc<crate::broker::Credentials>>,
     stopped: impl std::future::Future<Output = ()>,
 ) {
@@ -94,7 +96,7 @@ pub async fn run(
         tracing::error!(binary = %agent.binary.display(), "--local-agent: the agent binary was not found; build it (cargo build -p bramble-agent) or pass --agent-bin");
         return;
     }
-    let token = match fresh_token(&store, &agent.node).await {
+    let token = match fresh_token(&store, &pod_cidrs, &agent.node).await {
         Ok(t) => t,
         Err(error) => {
             tracing::error!(%error, "--local-agent: cannot register the local node");

@@ -10,6 +10,7 @@ use bramble_common::Kind;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::pod_cidr::{self, PodCidrPool};
 use crate::api::{self, pki};
 use crate::store::{ObjectKey, Store, StoreError, StoreOptions};
 
@@ -52,6 +53,12 @@ pub struct MasterArgs {
     /// Missed heartbeats after which a node is NotReady [default: 3].
     #[arg(long)]
     pub missed_heartbeats: Option<u32>,
+    /// The cluster's pod address range; each node gets a block of it [default: 10.244.0.0/16].
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's pod CIDR, cut from --cluster-cidr [default: 24].
+    #[arg(long)]
+    pub node_cidr_mask_size: Option<u8>,
     /// Also run an agent on this machine (node named after the host), like `k3s server`.
     #[arg(long)]
     pub local_agent: bool,
@@ -109,6 +116,19 @@ pub struct MasterConfig {
     /// Service address range sent to nodes.
     #[serde(default = "default_service_cidr")]
     pub service_cidr: String,
+    /// See `--cluster-cidr`.
+    #[serde(default = "default_cluster_cidr")]
+    pub cluster_cidr: String,
+    /// See `--node-cidr-mask-size`.
+    #[serde(default = "default_node_cidr_mask_size")]
+    pub node_cidr_mask_size: u8,
+}
+
+impl MasterConfig {
+    /// The pod CIDR pool that `cluster-cidr` and `node-cidr-mask-size` describe.
+    pub fn pod_cidrs(&self) -> Result<PodCidrPool, String> {
+        PodCidrPool::parse(&self.cluster_cidr, self.node_cidr_mask_size).map_err(|e| e.to_string())
+    }
 }
 
 fn default_mqtt_listen() -> SocketAddr {
@@ -125,6 +145,12 @@ fn default_cluster_dns() -> String {
 }
 fn default_service_cidr() -> String {
     "10.96.0.0/16".into()
+}
+fn default_cluster_cidr() -> String {
+    pod_cidr::DEFAULT_CLUSTER_CIDR.into()
+}
+fn default_node_cidr_mask_size() -> u8 {
+    pod_cidr::DEFAULT_NODE_CIDR_MASK_SIZE
 }
 
 /// An external broker address, `mqtt://HOST:PORT` (the form agents take).
@@ -195,6 +221,13 @@ impl MasterConfig {
         if let Some(m) = args.missed_heartbeats {
             config.missed_heartbeats = m;
         }
+        if let Some(cidr) = &args.cluster_cidr {
+            config.cluster_cidr = cidr.clone();
+        }
+        if let Some(mask) = args.node_cidr_mask_size {
+            config.node_cidr_mask_size = mask;
+        }
+        config.pod_cidrs()?;
         if config.heartbeat_seconds == 0 || config.missed_heartbeats == 0 {
             return Err("heartbeat-seconds and missed-heartbeats must be at least 1".into());
         }
@@ -241,6 +274,8 @@ pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
         }
         println!("heartbeat-seconds = {}", config.heartbeat_seconds);
         println!("missed-heartbeats = {}", config.missed_heartbeats);
+        println!("cluster-cidr = {:?}", config.cluster_cidr);
+        println!("node-cidr-mask-size = {}", config.node_cidr_mask_size);
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
@@ -304,6 +339,22 @@ async fn ensure_builtin_namespaces(store: &Store) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuse a pod range that does not hold the pod CIDRs nodes already have:
+/// they never move, so starting would leave those nodes' pods unreachable.
+async fn check_pod_cidrs(store: &Store, pool: &PodCidrPool) -> Result<(), String> {
+    let (nodes, _) = store
+        .list(Kind::Node, None)
+        .await
+        .map_err(|e| format!("cannot read the nodes: {e}"))?;
+    pool.check_assigned(nodes.iter().filter_map(|n| {
+        Some((
+            n["metadata"]["name"].as_str()?,
+            n["spec"]["podCIDR"].as_str()?,
+        ))
+    }))
+    .map_err(|e| e.to_string())
+}
+
 async fn run(
     config: MasterConfig,
     local_agent: Option<super::local_agent::LocalAgent>,
@@ -322,6 +373,8 @@ async fn run(
             .map_err(|e| e.to_string())?
     };
     ensure_builtin_namespaces(&store).await?;
+    let pod_cidrs = config.pod_cidrs()?;
+    check_pod_cidrs(&store, &pod_cidrs).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -356,6 +409,7 @@ async fn run(
         scratch_dir: config.data_dir.clone(),
         node_registration: tokio::sync::Mutex::new(()),
         rpc,
+        pod_cidrs,
     });
     let app = api::router(state);
     let health = Arc::new(crate::controllers::node_lifecycle::NodeHealth::default());
@@ -371,6 +425,7 @@ async fn run(
             settings,
             endpoint: mqtt.clone(),
             debounce: std::time::Duration::from_millis(100),
+            peer_interval: std::time::Duration::from_secs(2),
         },
         health.clone(),
         stopped(),
@@ -403,6 +458,7 @@ async fn run(
                 format!("{}:{}", mqtt.host, mqtt.port)
             },
             config.cluster_name.clone(),
+            pod_cidrs,
             broker_credentials,
             stopped(),
         ));

@@ -2,33 +2,56 @@
 //! QoS 1, with a generation); the agents' reports and presence come back
 //! and become Node and Pod status in the store.
 //!
-//! Level-triggered: on any relevant store change the desired state of every
-//! node is recomputed (debounced) and published only where its content
-//! changed. The generation is the store revision at which the content last
-//! changed, so it only grows, across master restarts too. After a (re)connect
-//! everything is published again: an embedded broker keeps nothing across
-//! restarts. Dispatch knows nothing about which broker it talks to.
+//! How it works:
+//! - An in-memory [`index::ClusterIndex`] of what desired states are built
+//!   from (nodes, bound pods in their wire form, ConfigMaps, Secrets) is
+//!   listed once, then kept up to date by one store watch. Each change says
+//!   which nodes it concerns; only those are rebuilt, after a short quiet
+//!   time ([`DispatchOptions::debounce`]), and published only when the
+//!   content changed. Pod status writes change nothing and cost nothing.
+//! - A change of any node's address or pod CIDR changes every node's peer
+//!   list: those are rebuilt at most once per
+//!   [`DispatchOptions::peer_interval`] (1,000 nodes joining would
+//!   otherwise republish 1,000 peer lists many times a second).
+//! - The generation is the store revision at which the content last
+//!   changed, so it only grows, across master restarts too.
+//! - Publishing never blocks dispatch ([`publish::Publisher`]): a payload
+//!   still waiting for the broker is replaced by the newer one. Nothing is
+//!   cached per node but a hash: a republish (after a reconnect: an
+//!   embedded broker keeps nothing across restarts; or to a node that comes
+//!   online behind) builds the desired state again from the index.
+//! - Reports go to the status writer ([`status`]), which writes only
+//!   changes, several at once.
+//!
+//! Dispatch knows nothing about which broker it talks to.
 
 pub mod desired;
+pub mod index;
+pub mod publish;
 pub mod reports;
 pub mod session;
+pub mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bramble_common::api::{ConfigMap, Node, Pod, PodStatus, Secret};
 use bramble_common::wire::{self, Message, NodeReport, Presence, Topic};
 use bramble_common::Kind;
-use rumqttc::{AsyncClient, QoS};
-use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::controllers::node_lifecycle::NodeHealth;
-use crate::store::{ObjectKey, Precondition, Store, WatchEvent};
+use crate::store::{EventType, Store, StoreError, WatchEvent};
 pub use desired::ClusterSettings;
+use index::{ClusterIndex, Dirty};
 pub use session::MqttEndpoint;
+use status::StatusUpdate;
+
+/// The kinds desired states are built from.
+const WATCHED: [Kind; 4] = [Kind::Node, Kind::Pod, Kind::ConfigMap, Kind::Secret];
 
 /// How dispatch runs.
 #[derive(Debug, Clone)]
@@ -37,38 +60,40 @@ pub struct DispatchOptions {
     pub settings: ClusterSettings,
     /// The broker.
     pub endpoint: MqttEndpoint,
-    /// Quiet time after a store change before desired states are recomputed.
+    /// Quiet time after a store change before the desired states it
+    /// concerns are rebuilt.
     pub debounce: Duration,
+    /// Shortest time between two rebuilds of every node's peer list.
+    pub peer_interval: Duration,
 }
 
+/// What dispatch remembers of one node.
 #[derive(Debug, Default)]
 struct NodeState {
     /// Hash of the content last published (generation excluded).
     published_hash: Option<u64>,
     /// Generation last published.
     generation: u64,
-    /// The encoded message last published, for republishing.
-    payload: Vec<u8>,
     /// Generation the agent last said it applied.
     applied_generation: u64,
-    /// Node status last written, to skip unchanged reports.
-    last_status: Option<Value>,
-    /// Pod status JSON last written, by pod uid.
-    pod_status: HashMap<String, String>,
     /// The node's InternalIP from its last report.
     internal_ip: Option<String>,
 }
 
 struct Dispatcher {
     store: Store,
-    client: AsyncClient,
     settings: ClusterSettings,
     health: Arc<NodeHealth>,
+    index: ClusterIndex,
     nodes: HashMap<String, NodeState>,
     /// (node, reason) pairs already logged, so bad input is logged once.
     warned: HashSet<(String, String)>,
-    /// What makes each pod relevant to desired state, by store key.
-    pod_signatures: HashMap<String, u64>,
+    publisher: publish::Publisher,
+    status: mpsc::Sender<StatusUpdate>,
+    /// Nodes whose desired state must be rebuilt.
+    dirty: BTreeSet<String>,
+    /// Every node's peer list must be rebuilt.
+    peers_dirty: bool,
 }
 
 fn hash_of(value: &impl Hash) -> u64 {
@@ -77,24 +102,34 @@ fn hash_of(value: &impl Hash) -> u64 {
     hasher.finish()
 }
 
-/// The parts of a pod that its node's desired state depends on.
-fn pod_signature(object: &Value) -> u64 {
-    let meta = &object["metadata"];
-    hash_of(&(
-        object["spec"]["nodeName"].as_str().unwrap_or(""),
-        meta["generation"].as_i64().unwrap_or(0),
-        meta["uid"].as_str().unwrap_or(""),
-        meta["labels"].to_string(),
-        meta["annotations"].to_string(),
-        meta["deletionTimestamp"].as_str().unwrap_or(""),
-    ))
+/// Lists of every watched kind and the revision each was read at.
+struct Lists {
+    nodes: (Vec<serde_json::Value>, u64),
+    pods: (Vec<serde_json::Value>, u64),
+    config_maps: (Vec<serde_json::Value>, u64),
+    secrets: (Vec<serde_json::Value>, u64),
 }
 
-fn decode_all<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<T> {
-    values
-        .into_iter()
-        .filter_map(|v| serde_json::from_value(v).ok())
-        .collect()
+impl Lists {
+    async fn read(store: &Store) -> Result<Lists, StoreError> {
+        Ok(Lists {
+            nodes: store.list(Kind::Node, None).await?,
+            pods: store.list(Kind::Pod, None).await?,
+            config_maps: store.list(Kind::ConfigMap, None).await?,
+            secrets: store.list(Kind::Secret, None).await?,
+        })
+    }
+
+    /// The revision `kind`'s list was read at (events up to it are in it).
+    fn revision(&self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Node => self.nodes.1,
+            Kind::Pod => self.pods.1,
+            Kind::ConfigMap => self.config_maps.1,
+            Kind::Secret => self.secrets.1,
+            _ => 0,
+        }
+    }
 }
 
 impl Dispatcher {
@@ -104,145 +139,146 @@ impl Dispatcher {
         }
     }
 
-    /// True when a store event can change some node's desired state.
-    fn is_relevant(&mut self, event: &WatchEvent) -> bool {
-        match event.key.kind {
-            Kind::Pod => {
-                let id = event.key.to_string();
-                if matches!(event.event_type, crate::store::EventType::Deleted) {
-                    return self.pod_signatures.remove(&id).is_some()
-                        || event.object["spec"]["nodeName"]
-                            .as_str()
-                            .is_some_and(|n| !n.is_empty());
-                }
-                let signature = pod_signature(&event.object);
-                let changed = self.pod_signatures.insert(id, signature) != Some(signature);
-                changed
-                    && event.object["spec"]["nodeName"]
-                        .as_str()
-                        .is_some_and(|n| !n.is_empty())
-            }
-            Kind::Node | Kind::ConfigMap | Kind::Secret => true,
-            _ => false,
-        }
+    fn mark(&mut self, dirty: Dirty) {
+        self.dirty.extend(dirty.nodes);
+        self.peers_dirty |= dirty.peers;
     }
 
-    async fn recompute(&mut self) {
-        let lists = async {
-            let (nodes, _) = self.store.list(Kind::Node, None).await?;
-            let (pods, _) = self.store.list(Kind::Pod, None).await?;
-            let (config_maps, _) = self.store.list(Kind::ConfigMap, None).await?;
-            let (secrets, _) = self.store.list(Kind::Secret, None).await?;
-            Ok::<_, crate::store::StoreError>((nodes, pods, config_maps, secrets))
-        };
-        let (nodes, pods, config_maps, secrets) = match lists.await {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the store to compute desired states; retrying on the next change");
-                return;
-            }
-        };
-        for pod in &pods {
-            let key = format!(
-                "{}/{}/{}",
-                Kind::Pod.info().plural,
-                pod["metadata"]["namespace"].as_str().unwrap_or(""),
-                pod["metadata"]["name"].as_str().unwrap_or("")
-            );
-            self.pod_signatures.insert(key, pod_signature(pod));
-        }
-        let nodes: Vec<Node> = decode_all(nodes);
-        let pods: Vec<Pod> = decode_all(pods);
-        let config_maps: Vec<ConfigMap> = decode_all(config_maps);
-        let secrets: Vec<Secret> = decode_all(secrets);
-        let view = desired::ClusterView::new(nodes, pods, config_maps, secrets);
-        let revision = self.store.current_revision();
-        let mut seen = HashSet::new();
-        for node in &view.nodes {
-            let Some(name) = node.metadata.name.clone() else {
-                continue;
-            };
-            seen.insert(name.clone());
-            let (mut desired, problems) = desired::build(node, &view, &self.settings);
-            for problem in problems {
-                self.warn_once(&name, problem);
-            }
-            let content_hash = match wire::encode(&Message::Desired(desired.clone())) {
-                Ok(bytes) => hash_of(&bytes),
-                Err(error) => {
-                    tracing::error!(node = %name, %error, "the node's desired state does not fit in one MQTT message; it was NOT sent (move pods to other nodes or shrink their ConfigMaps/Secrets)");
-                    continue;
-                }
-            };
-            let state = self.nodes.entry(name.clone()).or_default();
-            if state.published_hash == Some(content_hash) {
-                continue;
-            }
-            let generation = revision.max(state.generation + 1);
-            desired.generation = generation;
-            match wire::encode(&Message::Desired(desired)) {
-                Ok(payload) => {
-                    state.published_hash = Some(content_hash);
-                    state.generation = generation;
-                    state.payload = payload;
-                    self.publish(&name).await;
-                }
-                Err(error) => {
-                    tracing::error!(node = %name, %error, "cannot encode the desired state")
-                }
-            }
-        }
+    /// Rebuild the index from fresh lists; every node is rebuilt.
+    fn resync(&mut self, lists: &Lists) {
+        self.index = ClusterIndex::from_lists(
+            &lists.nodes.0,
+            &lists.pods.0,
+            &lists.config_maps.0,
+            &lists.secrets.0,
+        );
         let gone: Vec<String> = self
             .nodes
             .keys()
-            .filter(|n| !seen.contains(*n))
+            .filter(|n| !self.index.has_node(n))
             .cloned()
             .collect();
         for name in gone {
-            self.nodes.remove(&name);
-            self.health.forget(&name);
-            // An empty retained message clears the node's desired state.
-            if let Ok(topic) = wire::desired_topic(&self.settings.cluster_name, &name) {
-                let _ = self
-                    .client
-                    .publish(topic, QoS::AtLeastOnce, true, Vec::new())
-                    .await;
-            }
-            tracing::info!(node = %name, "node removed: its desired state was cleared");
+            self.node_removed(&name);
         }
+        self.dirty
+            .extend(self.index.node_names().map(str::to_string));
+        self.peers_dirty = false;
     }
 
-    async fn publish(&self, node: &str) {
-        let Some(state) = self.nodes.get(node) else {
-            return;
+    /// A store event: update the index and note what it dirties.
+    fn apply(&mut self, event: &WatchEvent) {
+        let key = (event.key.namespace.clone(), event.key.name.clone());
+        let object = match event.event_type {
+            EventType::Deleted => None,
+            EventType::Added | EventType::Modified => Some(event.object.as_ref()),
         };
-        if state.payload.is_empty() {
-            return;
+        let dirty = self.index.apply(event.key.kind, &key, object);
+        if event.key.kind == Kind::Node && object.is_none() && self.nodes.contains_key(&key.1) {
+            self.node_removed(&key.1);
         }
-        let topic = match wire::desired_topic(&self.settings.cluster_name, node) {
+        self.mark(dirty);
+    }
+
+    fn node_removed(&mut self, name: &str) {
+        self.nodes.remove(name);
+        self.dirty.remove(name);
+        self.health.forget(name);
+        let _ = self
+            .status
+            .try_send(StatusUpdate::ForgetNode(name.to_string()));
+        // An empty retained message clears the node's desired state.
+        if let Ok(topic) = wire::desired_topic(&self.settings.cluster_name, name) {
+            self.publisher.publish(topic, Vec::new());
+        }
+        tracing::info!(node = %name, "node removed: its desired state was cleared");
+    }
+
+    /// Rebuild the dirty nodes' desired states (every node's when the
+    /// peers changed) and publish those whose content changed.
+    fn rebuild_dirty(&mut self, peers: bool) {
+        let names: Vec<String> = if peers {
+            self.peers_dirty = false;
+            self.dirty.clear();
+            self.index.node_names().map(str::to_string).collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        let revision = self.store.current_revision();
+        let started = std::time::Instant::now();
+        let mut published = 0;
+        for name in &names {
+            if self.rebuild(name, revision, false) {
+                published += 1;
+            }
+        }
+        tracing::debug!(
+            nodes = names.len(),
+            published,
+            peers,
+            waiting = self.publisher.waiting(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "desired states rebuilt"
+        );
+    }
+
+    /// Build `name`'s desired state and publish it if its content changed
+    /// (or always, with `republish`). Returns whether it was published.
+    fn rebuild(&mut self, name: &str, revision: u64, republish: bool) -> bool {
+        if !self.index.has_node(name) {
+            return false;
+        }
+        let (desired, problems) = desired::build(name, &self.index, &self.settings);
+        for problem in problems {
+            self.warn_once(name, problem);
+        }
+        let mut message = Message::Desired(desired);
+        let content_hash = match wire::encode(&message) {
+            Ok(bytes) => hash_of(&bytes),
+            Err(error) => {
+                tracing::error!(node = %name, %error, "the node's desired state does not fit in one MQTT message; it was NOT sent (move pods to other nodes or shrink their ConfigMaps/Secrets)");
+                return false;
+            }
+        };
+        let state = self.nodes.entry(name.to_string()).or_default();
+        let changed = state.published_hash != Some(content_hash);
+        if !changed && !republish {
+            return false;
+        }
+        let generation = if changed {
+            revision.max(state.generation + 1)
+        } else {
+            state.generation
+        };
+        if let Message::Desired(desired) = &mut message {
+            desired.generation = generation;
+        }
+        let topic = match wire::desired_topic(&self.settings.cluster_name, name) {
             Ok(t) => t,
             Err(error) => {
-                tracing::error!(%node, %error, "cannot publish to this node");
-                return;
+                tracing::error!(node = %name, %error, "cannot publish to this node");
+                return false;
             }
         };
-        match self
-            .client
-            .publish(topic, QoS::AtLeastOnce, true, state.payload.clone())
-            .await
-        {
-            Ok(()) => {
-                tracing::debug!(%node, generation = state.generation, bytes = state.payload.len(), "published desired state")
+        match wire::encode(&message) {
+            Ok(payload) => {
+                state.published_hash = Some(content_hash);
+                state.generation = generation;
+                self.publisher.publish(topic, payload);
+                true
             }
             Err(error) => {
-                tracing::warn!(%node, %error, "cannot publish desired state; it is sent again on reconnect")
+                tracing::error!(node = %name, %error, "cannot encode the desired state");
+                false
             }
         }
     }
 
-    async fn republish_all(&self) {
-        for node in self.nodes.keys() {
-            self.publish(node).await;
+    fn republish_all(&mut self) {
+        let revision = self.store.current_revision();
+        let names: Vec<String> = self.index.node_names().map(str::to_string).collect();
+        for name in names {
+            self.rebuild(&name, revision, true);
         }
     }
 
@@ -273,13 +309,13 @@ impl Dispatcher {
                 self.handle_report(&node, report).await
             }
             (Topic::Presence { .. }, Message::Presence(presence)) => {
-                self.handle_presence(&node, presence).await
+                self.handle_presence(&node, presence)
             }
             (_, other) => self.warn_once(&node, format!("a {} message on {topic}", other.kind())),
         }
     }
 
-    async fn handle_presence(&mut self, node: &str, presence: Presence) {
+    fn handle_presence(&mut self, node: &str, presence: Presence) {
         match presence {
             Presence::Online {
                 applied_generation,
@@ -291,7 +327,8 @@ impl Dispatcher {
                 state.applied_generation = applied_generation;
                 tracing::info!(%node, %agent_version, applied_generation, "node online");
                 if applied_generation < state.generation {
-                    self.publish(node).await;
+                    let revision = self.store.current_revision();
+                    self.rebuild(node, revision, true);
                 }
             }
             Presence::Offline => {
@@ -302,133 +339,36 @@ impl Dispatcher {
     }
 
     async fn handle_report(&mut self, node: &str, report: NodeReport) {
-        let node_key = ObjectKey {
-            kind: Kind::Node,
-            namespace: String::new(),
-            name: node.to_string(),
-        };
         self.health.report(node);
         let force = self.health.take_marked_not_ready(node);
-        let status = reports::node_status(node, &report.node_status);
-        let status_json = serde_json::to_value(&status).unwrap_or_default();
-        let internal_ip = status
+        let internal_ip = report
+            .node_status
             .addresses
             .iter()
-            .find(|a| a.type_ == "InternalIP")
-            .map(|a| a.address.clone());
+            .find(|(type_, _)| type_ == "InternalIP")
+            .map(|(_, address)| address.clone());
         let state = self.nodes.entry(node.to_string()).or_default();
         state.applied_generation = report.applied_generation;
         state.internal_ip = internal_ip.clone();
-        if force || state.last_status.as_ref() != Some(&status_json) {
-            match self
-                .write_node(&node_key, &report, status_json.clone())
-                .await
-            {
-                Ok(()) => {
-                    if let Some(state) = self.nodes.get_mut(node) {
-                        state.last_status = Some(status_json);
-                    }
-                }
-                Err(reason) => self.warn_once(node, reason),
+        let updates = [
+            StatusUpdate::Node {
+                node: node.to_string(),
+                status: Box::new(report.node_status),
+                force,
+            },
+            StatusUpdate::Pods {
+                node: node.to_string(),
+                host_ip: internal_ip,
+                pods: report.pod_statuses,
+                full: report.full,
+            },
+        ];
+        for update in updates {
+            // Waits when the writer is behind: MQTT then waits too.
+            if self.status.send(update).await.is_err() {
+                tracing::error!("the status writer stopped; reports are not written");
             }
         }
-        for pod_status in &report.pod_statuses {
-            let cached = self
-                .nodes
-                .get(node)
-                .and_then(|s| s.pod_status.get(&pod_status.uid))
-                .is_some_and(|json| *json == pod_status.status_json);
-            if cached {
-                continue;
-            }
-            let reported = match pod_status.status() {
-                Ok(s) => s,
-                Err(error) => {
-                    self.warn_once(node, error.to_string());
-                    continue;
-                }
-            };
-            let key = ObjectKey {
-                kind: Kind::Pod,
-                namespace: pod_status.namespace.clone(),
-                name: pod_status.name.clone(),
-            };
-            let stored = match self.store.get(&key).await {
-                Ok(Some(pod)) => pod,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, pod = %key, "cannot read pod");
-                    continue;
-                }
-            };
-            if stored["metadata"]["uid"].as_str() != Some(pod_status.uid.as_str())
-                || stored["spec"]["nodeName"].as_str() != Some(node)
-            {
-                continue;
-            }
-            let stored_status: Option<PodStatus> =
-                serde_json::from_value(stored["status"].clone()).ok();
-            let merged =
-                reports::merge_pod_status(stored_status.as_ref(), reported, internal_ip.as_deref());
-            let merged_json = serde_json::to_value(&merged).unwrap_or_default();
-            if merged_json != stored["status"] {
-                let precondition = Precondition {
-                    uid: Some(pod_status.uid.clone()),
-                    ..Precondition::default()
-                };
-                if let Err(error) = self
-                    .store
-                    .update_status(&key, merged_json, precondition)
-                    .await
-                {
-                    tracing::warn!(%error, pod = %key, "cannot write pod status");
-                    continue;
-                }
-            }
-            if let Some(state) = self.nodes.get_mut(node) {
-                state
-                    .pod_status
-                    .insert(pod_status.uid.clone(), pod_status.status_json.clone());
-            }
-        }
-    }
-
-    async fn write_node(
-        &self,
-        key: &ObjectKey,
-        report: &NodeReport,
-        status: Value,
-    ) -> Result<(), String> {
-        let node = match self.store.get(key).await {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                return Err(
-                    "a report from a node that is not registered (bramble node add NAME)".into(),
-                )
-            }
-            Err(e) => return Err(format!("cannot read the node: {e}")),
-        };
-        let labels = reports::node_labels(&key.name, &report.node_status);
-        let missing = labels
-            .iter()
-            .any(|(k, v)| node["metadata"]["labels"][k].as_str() != Some(v.as_str()));
-        if missing {
-            let mut updated = node.clone();
-            for (k, v) in &labels {
-                updated["metadata"]["labels"][k] = Value::String(v.clone());
-            }
-            self.store
-                .update(key, updated, Precondition::default())
-                .await
-                .map_err(|e| format!("cannot write the node's labels: {e}"))?;
-        }
-        if node["status"] != status {
-            self.store
-                .update_status(key, status, Precondition::default())
-                .await
-                .map_err(|e| format!("cannot write the node's status: {e}"))?;
-        }
-        Ok(())
     }
 }
 
@@ -451,58 +391,91 @@ pub async fn run(
         }
     };
     let (client, mut incoming) = session::start(&options.endpoint, filters);
+    let (status_tx, status_rx) = mpsc::channel(status::QUEUE);
+    let (problem_tx, mut problems) = mpsc::unbounded_channel();
+    tokio::spawn(status::run(store.clone(), status_rx, problem_tx));
     let mut dispatcher = Dispatcher {
         store: store.clone(),
-        client,
         settings: options.settings.clone(),
         health: health.clone(),
+        index: ClusterIndex::default(),
         nodes: HashMap::new(),
         warned: HashSet::new(),
-        pod_signatures: HashMap::new(),
+        publisher: publish::Publisher::start(client),
+        status: status_tx,
+        dirty: BTreeSet::new(),
+        peers_dirty: false,
     };
-    let mut watch = store.watch(None, None, store.current_revision());
-    if let Ok((nodes, _)) = store.list(Kind::Node, None).await {
-        for node in nodes {
-            if let Some(name) = node["metadata"]["name"].as_str() {
-                health.expect(name);
-            }
-        }
-    }
-    dispatcher.recompute().await;
     tokio::pin!(shutdown);
-    let mut dirty = false;
-    let debounce = tokio::time::sleep(options.debounce);
-    tokio::pin!(debounce);
+    let mut first = true;
+    let mut retry = Duration::from_millis(200);
+    let mut last_peer_pass = Instant::now();
     loop {
-        tokio::select! {
-            event = async {
-                match &mut watch {
-                    Ok(w) => w.next().await,
-                    Err(_) => std::future::pending().await,
+        // Watch first, then list: nothing falls between them; events the
+        // lists already hold are skipped by revision.
+        let watch = store.watch_kinds(&WATCHED, 0);
+        let lists = Lists::read(&store).await;
+        let (mut watch, lists) = match (watch, lists) {
+            (Ok(w), Ok(l)) => (w, l),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "cannot read the store to compute desired states; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = &mut shutdown => return,
                 }
-            } => match event {
-                Some(event) => {
-                    if dispatcher.is_relevant(&event) && !dirty {
-                        dirty = true;
-                        debounce.as_mut().reset(tokio::time::Instant::now() + options.debounce);
-                    }
-                }
-                None => {
-                    watch = store.watch(None, None, store.current_revision());
-                    dirty = true;
-                    debounce.as_mut().reset(tokio::time::Instant::now() + options.debounce);
-                }
-            },
-            message = incoming.recv() => match message {
-                Some(session::Incoming::Connected) => dispatcher.republish_all().await,
-                Some(session::Incoming::Message { topic, payload }) => dispatcher.handle(&topic, &payload).await,
-                None => return,
-            },
-            () = &mut debounce, if dirty => {
-                dirty = false;
-                dispatcher.recompute().await;
+                retry = (retry * 2).min(Duration::from_secs(10));
+                continue;
             }
-            () = &mut shutdown => return,
+        };
+        retry = Duration::from_millis(200);
+        if first {
+            for node in &lists.nodes.0 {
+                if let Some(name) = node["metadata"]["name"].as_str() {
+                    health.expect(name);
+                }
+            }
+            first = false;
         }
+        dispatcher.resync(&lists);
+        dispatcher.rebuild_dirty(false);
+        let debounce = tokio::time::sleep(options.debounce);
+        tokio::pin!(debounce);
+        let peer_timer = tokio::time::sleep(options.peer_interval);
+        tokio::pin!(peer_timer);
+        loop {
+            let was_dirty = !dispatcher.dirty.is_empty();
+            let had_peers = dispatcher.peers_dirty;
+            tokio::select! {
+                event = watch.next() => match event {
+                    Some(event) => {
+                        if event.revision > lists.revision(event.key.kind) {
+                            dispatcher.apply(&event);
+                        }
+                    }
+                    None => break,
+                },
+                message = incoming.recv() => match message {
+                    Some(session::Incoming::Connected) => dispatcher.republish_all(),
+                    Some(session::Incoming::Message { topic, payload }) => dispatcher.handle(&topic, &payload).await,
+                    None => return,
+                },
+                Some(problem) = problems.recv() => dispatcher.warn_once(&problem.node, problem.reason),
+                () = &mut debounce, if was_dirty => dispatcher.rebuild_dirty(false),
+                () = &mut peer_timer, if had_peers => {
+                    last_peer_pass = Instant::now();
+                    dispatcher.rebuild_dirty(true);
+                }
+                () = &mut shutdown => return,
+            }
+            if !was_dirty && !dispatcher.dirty.is_empty() {
+                debounce.as_mut().reset(Instant::now() + options.debounce);
+            }
+            if !had_peers && dispatcher.peers_dirty {
+                let at =
+                    (Instant::now() + options.debounce).max(last_peer_pass + options.peer_interval);
+                peer_timer.as_mut().reset(at);
+            }
+        }
+        tracing::info!("dispatch's store watch ended; listing again");
     }
 }

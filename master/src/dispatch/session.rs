@@ -41,6 +41,11 @@ pub enum Incoming {
 /// Largest MQTT packet: the protocol's 128 KiB plus header room.
 pub const MAX_PACKET_BYTES: usize = 130 * 1024;
 
+/// Requests (publishes) queued for the event loop. Each may hold a whole
+/// desired state: keep it short (the [`super::publish::Publisher`] is
+/// where payloads wait, one per node at most).
+const REQUEST_QUEUE: usize = 64;
+
 /// Connect and start polling. `filters` are subscribed at QoS 1 on every
 /// connect. The polling task ends with the returned receiver.
 pub fn start(
@@ -58,8 +63,8 @@ pub fn start(
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         .set_inflight(100)
-        .set_request_channel_capacity(4096);
-    let (client, event_loop) = AsyncClient::new(options, 4096);
+        .set_request_channel_capacity(REQUEST_QUEUE);
+    let (client, event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
     let (tx, rx) = mpsc::channel(4096);
     let subscriber = client.clone();
     let endpoint = endpoint.clone();
@@ -90,12 +95,19 @@ async fn poll(
                     tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "reconnected to the MQTT broker");
                 }
                 logged_down = false;
-                for filter in &filters {
-                    // try_subscribe never waits: this task must keep polling.
-                    if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(%error, %filter, "cannot subscribe");
+                // Subscribe from another task: the request queue may be full
+                // of publishes, and this task must keep polling to drain it.
+                let subscriber = client.clone();
+                let wanted = filters.clone();
+                tokio::spawn(async move {
+                    for filter in wanted {
+                        if let Err(error) =
+                            subscriber.subscribe(filter.clone(), QoS::AtLeastOnce).await
+                        {
+                            tracing::error!(%error, %filter, "cannot subscribe");
+                        }
                     }
-                }
+                });
                 if tx.send(Incoming::Connected).await.is_err() {
                     return;
                 }

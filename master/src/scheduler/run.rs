@@ -804,9 +804,10 @@ async fn perform(store: Store, action: Action) -> Outcome {
     }
 }
 
-/// Binds: `spec.nodeName`, then `PodScheduled=True`, then a `Scheduled`
-/// event. Only the first write decides the outcome; the other two are
-/// reported but do not undo the binding.
+/// Binds: `spec.nodeName` and `PodScheduled=True` in one write (as
+/// Kubernetes' Binding does), then a `Scheduled` event. Only the first
+/// write decides the outcome; the event is reported but does not undo the
+/// binding.
 async fn bind(store: &Store, pod: PodRef, raw: &Value, node: &str, event_name: String) -> Outcome {
     let mut body = raw.clone();
     if let Some(object) = body.as_object_mut() {
@@ -817,22 +818,21 @@ async fn bind(store: &Store, pod: PodRef, raw: &Value, node: &str, event_name: S
             spec.insert("nodeName".into(), Value::String(node.to_string()));
         }
     }
-    let bound = match store
-        .update(&pod.key, body, precondition(&pod.uid, pod.revision))
-        .await
-    {
+    let precondition = precondition(&pod.uid, pod.revision);
+    let written = match scheduled_status(raw, &now_rfc3339()) {
+        Some(status) => {
+            store
+                .update_with_status(&pod.key, body, status, precondition)
+                .await
+        }
+        None => store.update(&pod.key, body, precondition).await,
+    };
+    let bound = match written {
         Ok(bound) => bound,
         Err(error) => return Outcome::BindFailed { pod, error },
     };
-    tracing::info!(%node, "pod bound");
-    let mut objects = vec![bound.clone()];
-    match mark_scheduled(store, &pod, bound, node).await {
-        Ok(Some(updated)) => objects.push(updated),
-        Ok(None) => {}
-        Err(error) => {
-            tracing::warn!(%error, "pod bound but its PodScheduled condition was not written")
-        }
-    }
+    tracing::debug!(%node, "pod bound");
+    let objects = vec![bound];
     let message = format!(
         "Successfully assigned {}/{} to {node}",
         pod.key.namespace, pod.key.name
@@ -842,34 +842,6 @@ async fn bind(store: &Store, pod: PodRef, raw: &Value, node: &str, event_name: S
         tracing::warn!(%error, "pod bound but its Scheduled event was not written");
     }
     Outcome::Bound { pod, objects }
-}
-
-/// Sets `PodScheduled=True` on a pod just bound to `node`; on a conflict
-/// reads the pod again and retries while it is still bound there.
-async fn mark_scheduled(
-    store: &Store,
-    pod: &PodRef,
-    mut current: Value,
-    node: &str,
-) -> Result<Option<Value>, StoreError> {
-    for _ in 0..3 {
-        if current.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
-            return Ok(None);
-        }
-        let Some(status) = scheduled_status(&current, &now_rfc3339()) else {
-            return Ok(None);
-        };
-        let precondition = precondition(&pod.uid, object_revision(&current));
-        match store.update_status(&pod.key, status, precondition).await {
-            Ok(updated) => return Ok(Some(updated)),
-            Err(StoreError::Conflict { .. }) => match store.get(&pod.key).await? {
-                Some(newer) => current = newer,
-                None => return Ok(None),
-            },
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(None)
 }
 
 /// Writes the `FailedScheduling` event: a new one, or the recorded one with

@@ -466,6 +466,25 @@ impl Store {
         .await
     }
 
+    /// Replaces an object and its `status` in one write (as Kubernetes'
+    /// pod binding sets `spec.nodeName` and the `PodScheduled` condition
+    /// together): one revision, one event. No-op writes are skipped.
+    pub async fn update_with_status(
+        &self,
+        key: &ObjectKey,
+        object: Value,
+        status: Value,
+        precondition: Precondition,
+    ) -> Result<Value, StoreError> {
+        self.submit_object(Op::UpdateWithStatus {
+            key: key.clone(),
+            object,
+            status,
+            precondition,
+        })
+        .await
+    }
+
     /// Replaces only `status` (`null` removes it). No-op writes are skipped.
     pub async fn update_status(
         &self,
@@ -607,7 +626,22 @@ impl Store {
         namespace: Option<&str>,
         since_revision: u64,
     ) -> Result<Watch, StoreError> {
-        Watch::start(self.clone(), kind, namespace, since_revision)
+        Watch::start(
+            self.clone(),
+            kind.into_iter().collect(),
+            namespace,
+            since_revision,
+        )
+    }
+
+    /// Watches changes of any of `kinds` in every namespace after
+    /// `since_revision` (`0`: from now); like [`Store::watch`]. One watch
+    /// instead of one per kind: a catch-up reads the log once.
+    pub fn watch_kinds(&self, kinds: &[Kind], since_revision: u64) -> Result<Watch, StoreError> {
+        if kinds.is_empty() {
+            return Err(StoreError::invalid("watch_kinds needs at least one kind"));
+        }
+        Watch::start(self.clone(), kinds.to_vec(), None, since_revision)
     }
 
     /// The revision of the last committed change (0 for an empty store).

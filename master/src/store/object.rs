@@ -392,6 +392,30 @@ pub(crate) fn prepare_update(
     Ok(Change::Changed(object))
 }
 
+/// Prepares an update of the object and its status at once (as
+/// Kubernetes' pod binding sets `spec.nodeName` and the `PodScheduled`
+/// condition in one write): [`prepare_update`], then `status` replaces the
+/// stored one (`null` removes it).
+pub(crate) fn prepare_update_with_status(
+    key: &ObjectKey,
+    stored: &Value,
+    object: Value,
+    status: Value,
+) -> Result<Change, StoreError> {
+    let updated = match prepare_update(key, stored, object)? {
+        Change::Unchanged => without_resource_version(stored),
+        Change::Changed(new) => new,
+    };
+    let with_status = match prepare_status_update(key, &updated, status)? {
+        Change::Unchanged => updated,
+        Change::Changed(new) => new,
+    };
+    if with_status == without_resource_version(stored) {
+        return Ok(Change::Unchanged);
+    }
+    Ok(Change::Changed(with_status))
+}
+
 /// Prepares a status update: only `status` changes (`null` removes it).
 pub(crate) fn prepare_status_update(
     key: &ObjectKey,

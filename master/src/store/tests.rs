@@ -382,6 +382,55 @@ async fn graceful_deletion_marks_then_only_shortens_then_deletes() {
 }
 
 #[tokio::test]
+async fn an_update_with_status_writes_both_in_one_revision() {
+    let (_dir, _path, store) = temp_store();
+    let key = pod_key("default", "web");
+    let created = store
+        .create(&key, pod("web", "nginx"))
+        .await
+        .expect("create");
+    let mut watch = store.watch(Some(Kind::Pod), None, 0).expect("watch");
+    let mut body = created.clone();
+    body["spec"]["nodeName"] = json!("pi-1");
+    let status =
+        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
+    // A stale precondition is refused and writes nothing.
+    let err = store
+        .update_with_status(
+            &key,
+            body.clone(),
+            status.clone(),
+            Precondition::resource_version(99),
+        )
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    let bound = store
+        .update_with_status(
+            &key,
+            body.clone(),
+            status.clone(),
+            Precondition::resource_version(rv(&created)),
+        )
+        .await
+        .expect("bind");
+    assert_eq!(bound["spec"]["nodeName"], "pi-1");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(rv(&bound), rv(&created) + 1, "one revision for both");
+    assert_eq!(bound["metadata"]["generation"], 2, "the spec changed");
+    let event = next_event(&mut watch).await;
+    assert_eq!(event.revision, rv(&bound));
+    assert_eq!(event.object["status"]["phase"], "Pending");
+    // The same again writes nothing.
+    let again = store
+        .update_with_status(&key, body, status, Precondition::default())
+        .await
+        .expect("no-op");
+    assert_eq!(rv(&again), rv(&bound));
+    assert_eq!(store.current_revision(), rv(&bound));
+}
+
+#[tokio::test]
 async fn finalizers_delay_deletion_until_the_last_is_removed() {
     let (_dir, _path, store) = temp_store();
     let key = pod_key("default", "web");
@@ -586,6 +635,50 @@ async fn a_lagging_watch_catches_up_from_the_log() {
     for expected in 1..=20 {
         assert_eq!(next_event(&mut watch).await.revision, expected);
     }
+}
+
+#[tokio::test]
+async fn a_watch_far_behind_catches_up_one_page_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = StoreOptions::default().with_watch_channel_capacity(2);
+    let store = Store::open(&dir.path().join("s.redb"), options).expect("open");
+    let mut watch = store.watch(Some(Kind::Pod), None, 0).expect("watch");
+    let total = super::watch::CATCH_UP_PAGE * 2 + 10;
+    // Pods and ConfigMaps interleaved (the watch skips the ConfigMaps),
+    // created concurrently so the writer commits them in groups.
+    let creates = (0..total).map(|i| {
+        let store = store.clone();
+        async move {
+            let name = format!("p{i}");
+            store
+                .create(&pod_key("default", &name), pod(&name, "x"))
+                .await
+                .expect("create pod");
+            store
+                .create(
+                    &ObjectKey::new(Kind::ConfigMap, "default", &name),
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}),
+                )
+                .await
+                .expect("create config map");
+        }
+    });
+    futures_util::future::join_all(creates).await;
+    let mut last = 0;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..total {
+        let event = next_event(&mut watch).await;
+        assert!(event.revision > last, "in revision order");
+        last = event.revision;
+        assert_eq!(event.key.kind, Kind::Pod);
+        assert!(seen.insert(event.key.name.clone()), "once each");
+        assert!(
+            watch.buffered() <= super::watch::CATCH_UP_PAGE,
+            "a catch-up holds at most one page ({} buffered)",
+            watch.buffered()
+        );
+    }
+    assert_eq!(seen.len(), total);
 }
 
 #[tokio::test]

@@ -7,6 +7,11 @@
 //! and it catches up from the log. Only when the log no longer holds what it
 //! missed does the watch end (`next` returns `None`): the client must list
 //! again.
+//!
+//! A catch-up reads the log in pages of at most [`CATCH_UP_PAGE`] matching
+//! events: a watcher far behind holds one page of objects at a time, not
+//! the whole log (10 000 full objects per lagging watcher, each parsed from
+//! JSON, were most of the master's memory under load).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,10 +23,19 @@ use tokio::sync::broadcast;
 use super::schema::{self, EVENTS};
 use super::{Store, StoreError, WatchEvent};
 
+/// Most matching events one read of the log returns.
+pub(crate) const CATCH_UP_PAGE: usize = 256;
+
+/// Whether `kind` is one of `kinds` (empty: every kind).
+fn kind_wanted(kinds: &[Kind], kind: Kind) -> bool {
+    kinds.is_empty() || kinds.contains(&kind)
+}
+
 /// A stream of changes; see [`Store::watch`].
 pub struct Watch {
     store: Store,
-    kind: Option<Kind>,
+    /// The kinds watched; empty for all.
+    kinds: Vec<Kind>,
     namespace: Option<String>,
     live: broadcast::Receiver<WatchEvent>,
     /// Deliver only events after this revision.
@@ -38,7 +52,7 @@ pub struct Watch {
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
-            .field("kind", &self.kind)
+            .field("kinds", &self.kinds)
             .field("namespace", &self.namespace)
             .field("since", &self.since)
             .field("seen", &self.seen)
@@ -54,12 +68,15 @@ struct LogRead {
     revision: u64,
     /// The oldest revision in the log (0 if empty).
     oldest: u64,
+    /// `Some(last revision looked at)` when the page filled up before the
+    /// end of the log: read again after it.
+    truncated_at: Option<u64>,
 }
 
 impl Watch {
     pub(crate) fn start(
         store: Store,
-        kind: Option<Kind>,
+        kinds: Vec<Kind>,
         namespace: Option<&str>,
         since_revision: u64,
     ) -> Result<Watch, StoreError> {
@@ -85,7 +102,7 @@ impl Watch {
         };
         Ok(Watch {
             store,
-            kind,
+            kinds,
             namespace: namespace.map(str::to_string),
             live,
             since,
@@ -124,8 +141,14 @@ impl Watch {
                             return None;
                         }
                         self.pending.extend(read.events);
-                        self.seen = self.seen.max(read.revision);
-                        self.catch_up = false;
+                        match read.truncated_at {
+                            // More to read: after this page is delivered.
+                            Some(last) => self.seen = self.seen.max(last),
+                            None => {
+                                self.seen = self.seen.max(read.revision);
+                                self.catch_up = false;
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "watch cannot read the event log; ending it");
@@ -159,20 +182,27 @@ impl Watch {
         }
     }
 
+    /// Events read from the log and not yet delivered.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
     fn matches(&self, event: &WatchEvent) -> bool {
         event.revision > self.since
-            && self.kind.is_none_or(|k| k == event.key.kind)
+            && kind_wanted(&self.kinds, event.key.kind)
             && self
                 .namespace
                 .as_deref()
                 .is_none_or(|ns| ns == event.key.namespace)
     }
 
-    /// Reads the log after `seen` on the blocking pool.
+    /// Reads the log after `seen` on the blocking pool, at most
+    /// [`CATCH_UP_PAGE`] matching events.
     async fn read_log(&self) -> Result<LogRead, StoreError> {
         let after = self.seen;
         let since = self.since;
-        let kind = self.kind;
+        let kinds = self.kinds.clone();
         let namespace = self.namespace.clone();
         self.store
             .read(move |shared, txn| {
@@ -184,6 +214,7 @@ impl Watch {
                             events: Vec::new(),
                             revision,
                             oldest: 0,
+                            truncated_at: None,
                         })
                     }
                     Err(e) => return Err(shared.error(e)),
@@ -193,10 +224,15 @@ impl Watch {
                     None => 0,
                 };
                 let mut events = Vec::new();
+                let mut truncated_at = None;
                 let start = after.saturating_add(1);
                 for entry in table.range(start..).map_err(|e| shared.error(e))? {
                     let (key, value) = entry.map_err(|e| shared.error(e))?;
                     let event_revision = key.value();
+                    if events.len() >= CATCH_UP_PAGE {
+                        truncated_at = Some(event_revision - 1);
+                        break;
+                    }
                     if event_revision <= since {
                         continue;
                     }
@@ -206,7 +242,7 @@ impl Watch {
                             "event {event_revision} in the log is malformed"
                         ))
                     })?;
-                    let wanted = kind.is_none_or(|k| k == header.key.kind)
+                    let wanted = kind_wanted(&kinds, header.key.kind)
                         && namespace
                             .as_deref()
                             .is_none_or(|ns| ns == header.key.namespace);
@@ -226,6 +262,7 @@ impl Watch {
                     events,
                     revision,
                     oldest,
+                    truncated_at,
                 })
             })
             .await

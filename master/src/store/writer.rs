@@ -45,6 +45,13 @@ pub(crate) enum Op {
         object: Value,
         precondition: Precondition,
     },
+    /// [`Store::update_with_status`](super::Store::update_with_status).
+    UpdateWithStatus {
+        key: ObjectKey,
+        object: Value,
+        status: Value,
+        precondition: Precondition,
+    },
     /// [`Store::update_status`](super::Store::update_status).
     UpdateStatus {
         key: ObjectKey,
@@ -362,6 +369,19 @@ impl<'txn> BatchTxn<'txn> {
                     Updated::Object(object) => OpOutput::Object(object),
                     Updated::Deleted(object) => OpOutput::Object(object),
                 }),
+            Op::UpdateWithStatus {
+                key,
+                object,
+                status,
+                precondition,
+            } => self
+                .update_with(key, precondition, |stored| {
+                    object::prepare_update_with_status(key, stored, object.clone(), status.clone())
+                })
+                .map(|outcome| match outcome {
+                    Updated::Object(object) => OpOutput::Object(object),
+                    Updated::Deleted(object) => OpOutput::Object(object),
+                }),
             Op::UpdateStatus {
                 key,
                 status,
@@ -489,8 +509,20 @@ impl<'txn> BatchTxn<'txn> {
         object: Value,
         precondition: &Precondition,
     ) -> Result<Updated, Failure> {
+        self.update_with(key, precondition, |stored| {
+            object::prepare_update(key, stored, object)
+        })
+    }
+
+    /// An update whose new object `prepare` makes from the stored one.
+    fn update_with(
+        &mut self,
+        key: &ObjectKey,
+        precondition: &Precondition,
+        prepare: impl FnOnce(&Value) -> Result<Change, StoreError>,
+    ) -> Result<Updated, Failure> {
         let stored = self.load(key, precondition)?;
-        let new = match object::prepare_update(key, &stored, object)? {
+        let new = match prepare(&stored)? {
             Change::Unchanged => return Ok(Updated::Object(stored)),
             Change::Changed(new) => new,
         };
