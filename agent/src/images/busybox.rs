@@ -33,22 +33,39 @@ pub fn ensure_busybox() -> Result<(), String> {
 /// Whether [`BUSYBOX`] is a static ELF file (no `PT_INTERP` program
 /// header): the dynamic `busybox` package would not run in an empty rootfs.
 pub fn is_static_busybox() -> bool {
-    let Ok(b) = std::fs::read(BUSYBOX) else {
-        return false;
-    };
+    match std::fs::read(BUSYBOX) {
+        Ok(bytes) => is_static_elf(&bytes),
+        Err(_) => false,
+    }
+}
+
+/// Whether `b` is an ELF file without a `PT_INTERP` program header. Reads
+/// only within `b`, in 64-bit arithmetic (this runs on 32-bit ARM too).
+fn is_static_elf(b: &[u8]) -> bool {
     if b.len() < 64 || &b[..4] != b"\x7fELF" {
         return false;
     }
-    let u16le = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let u32le = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
-    let (phoff, phentsize, phnum) = if b[4] == 2 {
-        (u32le(0x20) | (u32le(0x24) << 32), u16le(0x36), u16le(0x38))
+    let at = |o: u64, n: usize| -> Option<u64> {
+        let start = usize::try_from(o).ok()?;
+        let bytes = b.get(start..start.checked_add(n)?)?;
+        Some(
+            bytes
+                .iter()
+                .rev()
+                .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)),
+        )
+    };
+    let header = if b[4] == 2 {
+        (at(0x20, 8), at(0x36, 2), at(0x38, 2))
     } else {
-        (u32le(0x1c), u16le(0x2a), u16le(0x2c))
+        (at(0x1c, 4), at(0x2a, 2), at(0x2c, 2))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = header else {
+        return false;
     };
     (0..phnum).all(|i| {
-        let o = phoff + i * phentsize;
-        o + 4 <= b.len() && u32le(o) != 3
+        let entry = phoff.checked_add(i.saturating_mul(phentsize));
+        entry.and_then(|o| at(o, 4)).is_some_and(|kind| kind != 3)
     })
 }
 
@@ -112,4 +129,29 @@ pub fn busybox_image(name: &str, cmd: &[&str]) -> ImageBuilder {
         ..Default::default()
     };
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_interpreter_is_detected() {
+        // A 64-bit little-endian ELF header with one program header.
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[0x20] = 64; // e_phoff
+        elf[0x36] = 56; // e_phentsize
+        elf[0x38] = 1; // e_phnum
+        elf[64] = 1; // PT_LOAD
+        assert!(is_static_elf(&elf));
+        elf[64] = 3; // PT_INTERP
+        assert!(!is_static_elf(&elf));
+        elf[0x20] = 0xff; // program headers beyond the file
+        assert!(!is_static_elf(&elf));
+        assert!(!is_static_elf(
+            b"not an elf file at all, just some text...........................!"
+        ));
+    }
 }
