@@ -4,6 +4,8 @@
 //! event for every current object, as Kubernetes does; with one it replays the
 //! store's event log after that revision and continues live. A revision older
 //! than the log is answered 410 Gone (reason `Expired`): the client re-lists.
+//! A watcher that falls further behind than the log reaches gets an `ERROR`
+//! event with the same 410 status before the stream ends.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,6 +28,14 @@ use super::ApiState;
 
 /// Longest a watch stays open when the client gives no `timeoutSeconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// A watch `ERROR` event line carrying `status`.
+fn render_error(status: &Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
 
 /// Serve a watch on the target collection.
 pub async fn serve(
@@ -90,7 +100,21 @@ pub async fn serve(
         loop {
             tokio::select! {
                 event = watch.next() => {
-                    let Some(event) = event else { break };
+                    let Some(event) = event else {
+                        // The watcher fell further behind than the event log
+                        // reaches (or the store shut down): say so the way
+                        // Kubernetes does, so clients list again.
+                        let status = bramble_common::meta::Status::failure(
+                            410,
+                            "Expired",
+                            "the watch fell further behind than the event log reaches: list again and watch from the list's resourceVersion",
+                        );
+                        let line = serde_json::to_value(&status)
+                            .map(|object| render_error(&object))
+                            .unwrap_or_default();
+                        let _ = tx.send(Ok(line)).await;
+                        break;
+                    };
                     if !filter.matches(&event.object) {
                         continue;
                     }

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::resources::{Allocatable, PodRequests};
+use super::score::controller_uid;
 use super::{bound_node, is_ready, is_terminal, needs_scheduling, Snapshot, SCHEDULER_NAME};
 use crate::store::{EventType, ObjectKey, Precondition, Store, StoreError, Watch, WatchEvent};
 
@@ -174,10 +175,49 @@ struct CachedNode {
     node: Node,
 }
 
+/// What the scheduler keeps of a pod: little for the many that are bound
+/// (where they sit and what they take), the whole pod only while it waits
+/// for a node.
 struct CachedPod {
     revision: u64,
+    uid: String,
+    /// Where the pod takes resources, when bound and not finished.
+    placement: Option<Placement>,
+    /// The pod, while it waits for a node.
+    waiting: Option<WaitingPod>,
+}
+
+/// A pod waiting for a node, as stored and decoded.
+struct WaitingPod {
     raw: Arc<Value>,
     pod: Pod,
+}
+
+/// A bound, unfinished pod's place: its node, its requests and its
+/// controller (for the spread score).
+#[derive(Debug, Clone, PartialEq)]
+struct Placement {
+    node: String,
+    requests: PodRequests,
+    owner: Option<String>,
+}
+
+impl Placement {
+    fn of(pod: &Pod) -> Option<Placement> {
+        match bound_node(pod) {
+            Some(node) if !is_terminal(pod) => Some(Placement {
+                node: node.to_string(),
+                requests: PodRequests::of(pod),
+                owner: controller_uid(pod).map(str::to_string),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether a pod moving from `self` to `other` frees resources.
+    fn frees(&self, other: Option<&Placement>) -> bool {
+        other.is_none_or(|o| o.node != self.node || o.requests != self.requests)
+    }
 }
 
 /// What the scheduler remembers of one waiting pod (by uid).
@@ -264,15 +304,6 @@ impl NodeFacts {
             architecture: info.map(|i| i.architecture.clone()),
             operating_system: info.map(|i| i.operating_system.clone()),
         }
-    }
-}
-
-/// What a pod takes from its node: when it changes or goes away, pods that
-/// fit nowhere are decided again.
-fn footprint(pod: &Pod) -> Option<(&str, PodRequests)> {
-    match bound_node(pod) {
-        Some(node) if !is_terminal(pod) => Some((node, PodRequests::of(pod))),
-        _ => None,
     }
 }
 
@@ -379,11 +410,7 @@ impl Scheduler {
             let revision = object_revision(&object);
             self.upsert_pod(revision, Arc::new(object));
         }
-        let uids: BTreeSet<&str> = self
-            .pods
-            .values()
-            .filter_map(|p| p.pod.metadata.uid.as_deref())
-            .collect();
+        let uids: BTreeSet<&str> = self.pods.values().map(|p| p.uid.as_str()).collect();
         self.memory.retain(|uid, _| uids.contains(uid.as_str()));
         self.generation += 1;
         tracing::debug!(
@@ -429,10 +456,8 @@ impl Scheduler {
                 }
                 self.pending.remove(&key);
                 if let Some(gone) = self.pods.remove(&key) {
-                    if let Some(uid) = gone.pod.metadata.uid.as_deref() {
-                        self.memory.remove(uid);
-                    }
-                    if footprint(&gone.pod).is_some() {
+                    self.memory.remove(&gone.uid);
+                    if gone.placement.is_some() {
                         self.cluster_changed();
                     }
                 }
@@ -500,12 +525,13 @@ impl Scheduler {
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),
         );
+        let placement = Placement::of(&pod);
         let freed = match self.pods.get(&key) {
             Some(cached) if cached.revision >= revision => return,
-            Some(cached) => {
-                let before = footprint(&cached.pod);
-                before.is_some() && before != footprint(&pod)
-            }
+            Some(cached) => cached
+                .placement
+                .as_ref()
+                .is_some_and(|before| before.frees(placement.as_ref())),
             None => false,
         };
         let waiting = needs_scheduling(&pod);
@@ -514,8 +540,17 @@ impl Scheduler {
         } else {
             self.pending.remove(&key);
         }
-        let due = waiting && self.is_due(&pod, revision);
-        self.pods.insert(key, CachedPod { revision, raw, pod });
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let due = waiting && self.is_due(&uid, revision);
+        self.pods.insert(
+            key,
+            CachedPod {
+                revision,
+                uid,
+                placement,
+                waiting: waiting.then_some(WaitingPod { raw, pod }),
+            },
+        );
         if freed {
             self.cluster_changed();
         }
@@ -525,8 +560,7 @@ impl Scheduler {
     }
 
     /// True when a waiting pod at `revision` has to be decided (again).
-    fn is_due(&self, pod: &Pod, revision: u64) -> bool {
-        let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    fn is_due(&self, uid: &str, revision: u64) -> bool {
         self.memory
             .get(uid)
             .is_none_or(|memory| memory.attempted != Some((revision, self.generation)))
@@ -572,34 +606,37 @@ impl Scheduler {
             .pending
             .iter()
             .filter_map(|key| self.pods.get(key))
-            .filter_map(|p| p.pod.metadata.uid.as_deref())
-            .filter_map(|uid| self.memory.get(uid)?.retry_at)
+            .filter_map(|p| self.memory.get(&p.uid)?.retry_at)
             .min();
     }
 
     /// Decides the due pods (oldest first) against one snapshot.
     fn plan(&mut self, now: Instant) -> Vec<(Action, tracing::Span)> {
         let mut snapshot = Snapshot::new(self.nodes.values().map(|n| &n.node));
-        for cached in self.pods.values() {
-            snapshot.add_pod(&cached.pod);
+        for placement in self.pods.values().filter_map(|p| p.placement.as_ref()) {
+            snapshot.place_requests(
+                &placement.node,
+                &placement.requests,
+                placement.owner.as_deref(),
+            );
         }
         let generation = self.generation;
-        let mut due: Vec<&CachedPod> = self
+        let mut due: Vec<(&CachedPod, &WaitingPod)> = self
             .pending
             .iter()
             .filter_map(|key| self.pods.get(key))
-            .filter(|cached| {
-                let uid = cached.pod.metadata.uid.as_deref().unwrap_or("");
+            .filter_map(|cached| Some((cached, cached.waiting.as_ref()?)))
+            .filter(|(cached, _)| {
                 let retry = self
                     .memory
-                    .get(uid)
+                    .get(&cached.uid)
                     .and_then(|memory| memory.retry_at)
                     .is_some_and(|at| at <= now);
-                retry || self.is_due(&cached.pod, cached.revision)
+                retry || self.is_due(&cached.uid, cached.revision)
             })
             .collect();
-        due.sort_by(|a, b| {
-            let meta = |p: &CachedPod| {
+        due.sort_by(|(_, a), (_, b)| {
+            let meta = |p: &WaitingPod| {
                 (
                     p.pod.metadata.creation_timestamp.clone(),
                     p.pod.metadata.namespace.clone(),
@@ -616,10 +653,10 @@ impl Scheduler {
 
         let timestamp = now_rfc3339();
         let mut actions = Vec::new();
-        for cached in due {
-            let namespace = cached.pod.metadata.namespace.clone().unwrap_or_default();
-            let name = cached.pod.metadata.name.clone().unwrap_or_default();
-            let uid = cached.pod.metadata.uid.clone().unwrap_or_default();
+        for (cached, waiting) in due {
+            let namespace = waiting.pod.metadata.namespace.clone().unwrap_or_default();
+            let name = waiting.pod.metadata.name.clone().unwrap_or_default();
+            let uid = cached.uid.clone();
             let span = tracing::info_span!("schedule", pod = %name, namespace = %namespace);
             let _entered = span.enter();
             let memory = self.memory.entry(uid.clone()).or_default();
@@ -630,15 +667,15 @@ impl Scheduler {
                 uid,
                 revision: cached.revision,
             };
-            match snapshot.schedule(&cached.pod) {
+            match snapshot.schedule(&waiting.pod) {
                 Ok(node) => {
-                    snapshot.assume(&cached.pod, &node);
+                    snapshot.assume(&waiting.pod, &node);
                     tracing::debug!(%node, "binding");
                     let event_name = event_name(&mut self.last_event_nanos, &pod.key.name);
                     actions.push((
                         Action::Bind {
                             pod,
-                            raw: Arc::clone(&cached.raw),
+                            raw: Arc::clone(&waiting.raw),
                             node,
                             event_name,
                         },
@@ -648,7 +685,7 @@ impl Scheduler {
                 Err(unschedulable) => {
                     let message = unschedulable.message;
                     tracing::debug!(%message, "no node fits");
-                    let status = unschedulable_status(&cached.raw, &message, &timestamp);
+                    let status = unschedulable_status(&waiting.raw, &message, &timestamp);
                     let decision = event_decision(
                         memory.event.as_ref(),
                         &message,

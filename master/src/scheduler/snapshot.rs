@@ -51,11 +51,14 @@ impl NodeInfo {
     }
 
     fn add(&mut self, pod: &Pod) {
-        let request = PodRequests::of(pod);
+        self.add_requests(&PodRequests::of(pod), controller_uid(pod));
+    }
+
+    fn add_requests(&mut self, request: &PodRequests, owner: Option<&str>) {
         self.requested = self.requested.plus(request.fit);
         self.requested_for_score = self.requested_for_score.plus(request.score);
         self.pod_count += 1;
-        if let Some(uid) = controller_uid(pod) {
+        if let Some(uid) = owner {
             *self.owners.entry(uid.to_string()).or_insert(0) += 1;
         }
     }
@@ -126,6 +129,25 @@ impl Snapshot {
         match bound_node(pod) {
             Some(node) if !is_terminal(pod) => self.place(pod, node),
             _ => false,
+        }
+    }
+
+    /// Counts a bound pod by what it takes (`requests`) and its controller
+    /// (`owner`) against `node`, without the pod itself (the scheduler keeps
+    /// only that of bound pods). Returns false when the node is not in the
+    /// snapshot.
+    pub(crate) fn place_requests(
+        &mut self,
+        node: &str,
+        requests: &PodRequests,
+        owner: Option<&str>,
+    ) -> bool {
+        match self.by_name.get(node) {
+            Some(&index) => {
+                self.nodes[index].add_requests(requests, owner);
+                true
+            }
+            None => false,
         }
     }
 
