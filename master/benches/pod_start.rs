@@ -24,6 +24,10 @@
 //! mounts a v1 hugetlb hierarchy for its duration (MACHINE-NOTES). podman
 //! runs with `--cgroup-manager=cgroupfs --events-backend=file`.
 //!
+//! podman's default bridge network leaves netavark's `ip nat` and `ip filter`
+//! nftables tables behind (podman's, not bramble's); `nft delete table ip
+//! nat` and `... ip filter` remove them when nothing else uses them.
+//!
 //! `BRAMBLE_BENCH_PODS` (default 100): N. Missing tools (crun, runc,
 //! podman) are installed with apt-get, saying so.
 
@@ -426,6 +430,9 @@ fn bramble_runtime_cycles(dir: &Path, agent: &Path, archive: &Path, n: usize) ->
         phases.deleted.push(total - ended);
     }
     runtime.shutdown();
+    drop(runtime);
+    // The node's now empty cgroups and run dirs.
+    bramble_agent::runtime::remove_empty_leftovers(&dir.join("run"), "bench-rt");
     phases
 }
 
