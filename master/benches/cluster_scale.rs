@@ -13,7 +13,9 @@
 //!
 //! Figures: time until all nodes are Ready; pods/s created, scheduled and
 //! Running; master RSS (with the embedded broker it is also the broker's
-//! RSS, one process), agent and mosquitto RSS; MQTT bytes per pod and per
+//! RSS, one process: when both brokers run, the embedded broker's share is
+//! estimated as the difference between the two runs' master RSS), agent
+//! and mosquitto RSS; MQTT bytes per pod and per
 //! idle minute, counted on the broker's side of every MQTT connection
 //! (`ss -tin`, bytes_sent + bytes_received of the sockets whose local port
 //! is the broker's: nodes' and the master's own session, TCP payload); disk
@@ -544,7 +546,10 @@ fn node_mask_size(nodes: usize) -> u32 {
     (16 + bits).clamp(24, 30)
 }
 
-fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
+/// The master's RSS in KiB with the nodes connected and with the pods.
+type MasterRss = (u64, u64);
+
+fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) -> Option<MasterRss> {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let data = dir.path().join("data");
     let password = "bench-master-password";
@@ -605,9 +610,10 @@ fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
         );
         if ready < nodes {
             println!("not every node became Ready within {} s: stopping this run (logs in {})", limit.as_secs(), dir.path().display());
-            return false;
+            return None;
         }
         println!("master RSS with {nodes} nodes connected: {}", rss(pid));
+        let rss_connected = proc_field(pid, "status", "VmRSS:");
         if let Some(m) = &mosquitto {
             println!("mosquitto RSS with {nodes} nodes connected: {}", rss(m.guard.pid()));
         }
@@ -675,6 +681,7 @@ fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
             disk_after.saturating_sub(disk_before) as f64 / 1048576.0
         );
         println!("master RSS with {nodes} nodes and {pods} pods: {}", rss(pid));
+        let rss_pods = proc_field(pid, "status", "VmRSS:");
         if let Some(m) = &mosquitto {
             println!("mosquitto RSS with {nodes} nodes and {pods} pods: {}", rss(m.guard.pid()));
         }
@@ -700,13 +707,14 @@ fn run(broker: Broker, agent: &Path, nodes: usize, pods: usize, idle: u64) {
         let db = std::fs::metadata(data.join("store.redb")).map(|m| m.len()).unwrap_or(0);
         println!("store file: {:.1} MiB", db as f64 / 1048576.0);
         drop(agent);
-        true
+        Some((rss_connected, rss_pods))
     });
     drop(master);
     drop(mosquitto);
-    if !completed {
+    if completed.is_none() {
         println!("logs kept in {}", dir.keep().display());
     }
+    completed
 }
 
 fn mosquitto_version() -> String {
@@ -734,11 +742,21 @@ fn main() {
         "bramble cluster scale benchmark: {nodes} sim nodes (one bramble-agent process), {pods} pods, idle {idle} s, {} CPUs",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
+    let (mut embedded, mut external) = (None, None);
     for name in brokers.split(',') {
         match name.trim() {
-            "embedded" => run(Broker::Embedded, &agent, nodes, pods, idle),
-            "mosquitto" => run(Broker::Mosquitto, &agent, nodes, pods, idle),
+            "embedded" => embedded = run(Broker::Embedded, &agent, nodes, pods, idle),
+            "mosquitto" => external = run(Broker::Mosquitto, &agent, nodes, pods, idle),
             other => println!("unknown broker {other:?} in BRAMBLE_BENCH_BROKERS"),
         }
+    }
+    // The embedded broker lives in the master's process: its share is what
+    // the master holds beyond the same master talking to mosquitto.
+    if let (Some((e_nodes, e_pods)), Some((m_nodes, m_pods))) = (embedded, external) {
+        println!(
+            "\nembedded broker's share of the master's RSS (embedded run minus mosquitto run): {} with {nodes} nodes connected, {} with {pods} pods",
+            mib(e_nodes.saturating_sub(m_nodes)),
+            mib(e_pods.saturating_sub(m_pods))
+        );
     }
 }
