@@ -7,27 +7,17 @@
 //! watchers, the master's RSS with N pods, and bytes written to disk per pod.
 //! `BRAMBLE_BENCH_PODS` sets N (default 10000).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_master::cli::client::Client;
 use http_body_util::BodyExt;
+
+mod common;
+
+use common::{env_usize, proc_field, start_master};
 use hyper::Method;
 use serde_json::json;
-
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -107,47 +97,18 @@ async fn create_namespace(client: &Client, name: &str) {
 }
 
 fn main() {
-    let count: usize = std::env::var("BRAMBLE_BENCH_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let bin = env!("CARGO_BIN_EXE_bramble");
+    let count = env_usize("BRAMBLE_BENCH_PODS", 10_000);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let data = dir.path().join("data");
-    let mut child = Command::new(bin)
-        .args([
-            "master",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("BRAMBLE_LOG", "warn,bramble_master=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn master: {e}"));
-    let pid = child.id();
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("bramble master ready") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("master did not start"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let master = start_master(&data, &dir.path().join("master.log"), &[]);
+    let pid = master.guard.pid();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
-        let kubeconfig = data.join("admin.kubeconfig");
-        let client = Arc::new(Client::from_kubeconfig(Some(Path::new(&kubeconfig))).unwrap_or_else(|e| panic!("{e}")));
+        let client = Arc::clone(&master.client);
         let rss_idle = proc_field(pid, "status", "VmRSS:");
         println!("bramble master API benchmark: {count} pods per run, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         println!("master RSS idle: {:.1} MiB", rss_idle as f64 / 1024.0);
@@ -220,6 +181,5 @@ fn main() {
         let db = std::fs::metadata(data.join("store.redb")).map(|m| m.len()).unwrap_or(0);
         println!("store file: {:.1} MiB for {} pods", db as f64 / 1048576.0, 3 * count);
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(master);
 }

@@ -33,10 +33,10 @@
 //! bramble-agent` next to the `bramble` binary under test (target/release).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,45 +45,13 @@ use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::{json, Value};
 
+mod common;
+
+use common::{agent_binary, env_usize, proc_field, start_master, Guard};
+
 const MASTER_USER: &str = "bramble-master";
 const CONCURRENCY: usize = 16;
 const NAMESPACE: &str = "bench";
-
-/// A child process killed and reaped on drop.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0)
-}
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
@@ -125,101 +93,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("free port: {e}"))
-}
-
-/// The `bramble-agent` binary next to `bramble`, (re)built with cargo.
-fn agent_binary() -> PathBuf {
-    let bramble = PathBuf::from(env!("CARGO_BIN_EXE_bramble"));
-    let dir = bramble.parent().unwrap_or_else(|| Path::new("."));
-    let agent = dir.join("bramble-agent");
-    let profile_release = dir.file_name().is_some_and(|n| n == "release");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "-p", "bramble-agent", "--bin", "bramble-agent"]);
-    if profile_release {
-        cargo.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("building the agent: {cargo:?}");
-    match cargo.status() {
-        Ok(s) if s.success() => {}
-        other => eprintln!(
-            "cargo build of the agent failed ({other:?}); using {} if it exists",
-            agent.display()
-        ),
-    }
-    assert!(
-        agent.exists(),
-        "{} is missing: run `cargo build --release -p bramble-agent`",
-        agent.display()
-    );
-    agent
-}
-
-/// A running master and how to reach it.
-struct Master {
-    guard: Guard,
-    listen: String,
-    mqtt: String,
-    client: Arc<Client>,
-}
-
-fn field_after(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .map(|v| v.trim_matches('"').to_string())
-}
-
-fn start_master(data: &Path, log: &Path, extra: &[String]) -> Master {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bramble"))
-        .args([
-            "master",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .env("BRAMBLE_LOG", "warn,bramble_master=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn master: {e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
-    let guard = Guard { child };
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log_file = std::fs::File::create(log).unwrap_or_else(|e| panic!("master log: {e}"));
-    let (listen, mqtt) = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                let _ = writeln!(log_file, "{line}");
-                if line.contains("bramble master ready") {
-                    break (
-                        field_after(&line, "listen=").unwrap_or_default(),
-                        field_after(&line, "mqtt=").unwrap_or_default(),
-                    );
-                }
-            }
-            _ => panic!("master did not start (log: {})", log.display()),
-        }
-    };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = writeln!(log_file, "{line}");
-        }
-    });
-    let kubeconfig = data.join("admin.kubeconfig");
-    let client = Client::from_kubeconfig(Some(&kubeconfig)).unwrap_or_else(|e| panic!("{e}"));
-    Master {
-        guard,
-        listen,
-        mqtt,
-        client: Arc::new(client),
-    }
 }
 
 /// Register `count` nodes `sim-1..` and return their `(name, token)`.

@@ -32,9 +32,9 @@
 //! podman) are installed with apt-get, saying so.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,27 +48,12 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+mod common;
+
+use common::{agent_binary, env_usize, proc_field, start_master, Guard};
+
 const IMAGE: &str = "bramble.test/busybox:1";
 const AT_ONCE: usize = 20;
-
-/// A child process killed and reaped on drop.
-struct Guard {
-    child: Child,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)
@@ -161,17 +146,6 @@ fn print_table(title: &str, rows: &[Row], reference: usize) {
     println!("  (ratio: this row / {}; below 1 is faster)", base.name);
 }
 
-fn kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0)
-}
-
 /// Proportional set size of `pid` (shared pages divided among their users).
 fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
@@ -216,26 +190,6 @@ fn pids_with(needle: &str) -> Vec<u32> {
 }
 
 // ------------------------------------------------------------------ setup
-
-/// The `bramble-agent` binary next to `bramble`, built with the same profile.
-fn agent_binary() -> PathBuf {
-    let bramble = PathBuf::from(env!("CARGO_BIN_EXE_bramble"));
-    let dir = bramble.parent().unwrap_or_else(|| Path::new("."));
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "-p", "bramble-agent", "--bin", "bramble-agent"]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        cargo.status().is_ok_and(|s| s.success()),
-        "cargo build of the agent failed"
-    );
-    dir.join("bramble-agent")
-}
 
 /// The busybox image as a docker archive, and a copy of its rootfs for
 /// crun, runc and podman.
@@ -607,42 +561,6 @@ impl Api {
     }
 }
 
-fn start_master(data: &Path) -> (Guard, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bramble"))
-        .args([
-            "master",
-            "--listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env("BRAMBLE_LOG", "warn,bramble_master=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn master: {e}"));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("stderr"));
-    let guard = Guard { child };
-    let mut lines = BufReader::new(stderr).lines();
-    let mqtt = loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("bramble master ready") => {
-                break line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("mqtt="))
-                    .unwrap_or_default()
-                    .to_string();
-            }
-            Some(Ok(_)) => {}
-            _ => panic!("the master did not start"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    (guard, mqtt)
-}
-
 fn add_node(data: &Path, name: &str) -> String {
     let out = must(
         env!("CARGO_BIN_EXE_bramble"),
@@ -853,11 +771,9 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("tokio: {e}"));
     let data = dir.join("master");
-    let (master, mqtt) = start_master(&data);
-    let client = Arc::new(
-        Client::from_kubeconfig(Some(&data.join("admin.kubeconfig")))
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let master = start_master(&data, &dir.join("master.log"), &[]);
+    let mqtt = master.mqtt.clone();
+    let client = Arc::clone(&master.client);
     let api = Api {
         client: Arc::clone(&client),
         seen: Arc::default(),
@@ -884,7 +800,7 @@ fn main() {
         wait_node_ready(&client, "bench-net").await;
         wait_node_ready(&client, "bench-lo").await;
     });
-    let idle_rss = kib(lo_agent.pid, "VmRSS:");
+    let idle_rss = proc_field(lo_agent.pid, "status", "VmRSS:");
     let (net_seq, net_burst) = runtime.block_on(api.start_latencies("bench-net", "net", n));
     let (lo_seq, lo_burst) = runtime.block_on(api.start_latencies("bench-lo", "lo", n));
 
@@ -975,7 +891,7 @@ fn main() {
         }
     });
     std::thread::sleep(Duration::from_secs(5));
-    let busy_rss = kib(lo_agent.pid, "VmRSS:");
+    let busy_rss = proc_field(lo_agent.pid, "status", "VmRSS:");
     let shims: Vec<u32> = pids_with(" shim ")
         .into_iter()
         .filter(|pid| {
@@ -983,7 +899,10 @@ fn main() {
                 .is_ok_and(|exe| exe.ends_with("bramble-agent"))
         })
         .collect();
-    let shim_rss: Vec<u64> = shims.iter().map(|pid| kib(*pid, "VmRSS:")).collect();
+    let shim_rss: Vec<u64> = shims
+        .iter()
+        .map(|pid| proc_field(*pid, "status", "VmRSS:"))
+        .collect();
     let shim_pss: Vec<u64> = shims.iter().map(|pid| pss_kib(*pid)).collect();
     let ticks_per_second = 100.0;
     let idle_window = Duration::from_secs(30);

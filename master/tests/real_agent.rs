@@ -51,6 +51,20 @@ fn add_node(master: &Master, name: &str) -> String {
     token.trim().to_string()
 }
 
+/// Register a node named after `tag` and start a real agent for it
+/// (`--no-network`: these tests need no pod network) with `env`.
+fn join_real_node(
+    dir: &Path,
+    master: &Master,
+    tag: &str,
+    env: &[(&str, &str)],
+) -> (String, RealNode) {
+    let name = node_name(tag);
+    let token = add_node(master, &name);
+    let node = RealNode::start(dir, &master.mqtt, &name, &token, &["--no-network"], env);
+    (name, node)
+}
+
 fn get_json(master: &Master, args: &[&str]) -> Result<Value, String> {
     let mut all = vec!["get"];
     all.extend_from_slice(args);
@@ -142,16 +156,7 @@ fn logs(master: &Master, args: &[&str]) -> String {
 fn logs_through_the_master_with_bramble_and_kubectl() {
     let dir = tempfile::tempdir().expect("tmp");
     let master = start_master(dir.path());
-    let name = node_name("logs");
-    let token = add_node(&master, &name);
-    let mut node = RealNode::start(
-        dir.path(),
-        &master.mqtt,
-        &name,
-        &token,
-        &["--no-network"],
-        &[],
-    );
+    let (name, mut node) = join_real_node(dir.path(), &master, "logs", &[]);
     wait_ready(&master, &name, "True");
 
     // A pod that prints and exits: the whole log, its tail, through both CLIs.
@@ -344,16 +349,7 @@ fn pod_processes(node: &RealNode, uid: &str) -> Vec<i32> {
 fn the_real_runtime_through_the_master() {
     let dir = tempfile::tempdir().expect("tmp");
     let master = start_master(dir.path());
-    let name = node_name("life");
-    let token = add_node(&master, &name);
-    let mut node = RealNode::start(
-        dir.path(),
-        &master.mqtt,
-        &name,
-        &token,
-        &["--no-network"],
-        &[],
-    );
+    let (name, mut node) = join_real_node(dir.path(), &master, "life", &[]);
     wait_ready(&master, &name, "True");
 
     // Over its memory limit: OOMKilled, restarted, backing off.
@@ -400,8 +396,9 @@ fn the_real_runtime_through_the_master() {
         before,
         "containers outlive the agent"
     );
+    let mark = node.agent.mark();
     node.restart();
-    node.wait_log("re-adopted running pods");
+    node.agent.wait_log(mark, "re-adopted running pods");
     wait_ready(&master, &name, "True");
     assert_eq!(pod_processes(&node, &uid), before, "adopted, not restarted");
     let keeper = get_json(&master, &["pod", "keeper"]).expect("get keeper");
@@ -460,14 +457,10 @@ fn the_real_runtime_through_the_master() {
     assert!(pod_dirs <= 1, "{pod_dirs} pod dirs left in the run dir");
 
     // A device without the memory cgroup: NotReady, with the fix.
-    let bare = node_name("nomem");
-    let bare_token = add_node(&master, &bare);
-    let _bare = RealNode::start(
+    let (bare, _bare) = join_real_node(
         dir.path(),
-        &master.mqtt,
-        &bare,
-        &bare_token,
-        &["--no-network"],
+        &master,
+        "nomem",
         &[("BRAMBLE_FAKE_CGROUP_CONTROLLERS", "cpu cpuacct pids")],
     );
     let node_json = wait_ready(&master, &bare, "False");

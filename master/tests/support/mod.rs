@@ -367,8 +367,8 @@ pub fn agent_bin() -> &'static Path {
 }
 
 /// A running `bramble-agent` for one node: `--runtime sim` from
-/// [`Agent::start`], the real runtime inside a network namespace from
-/// [`Agent::start_in_netns`].
+/// [`Agent::start`], the real runtime from [`Agent::start_real`], or inside
+/// a network namespace from [`Agent::start_in_netns`].
 pub struct Agent {
     child: Option<Child>,
     /// The node's name.
@@ -388,41 +388,29 @@ impl Agent {
     /// its directories under `dir/name`, a 1 s heartbeat and `env` (facts
     /// such as `BRAMBLE_FAKE_ARCH`).
     pub fn start(dir: &Path, mqtt: &str, name: &str, token: &str, env: &[(&str, &str)]) -> Agent {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("agent dir");
-        // The heartbeat is a file setting only.
-        let config = dir.join("agent.toml");
-        std::fs::write(&config, "heartbeat-seconds = 1\n").expect("write agent.toml");
-        let args = vec![
-            "--config".to_string(),
-            config.display().to_string(),
-            "--runtime".into(),
-            "sim".into(),
-            "--master".into(),
-            format!("mqtt://{mqtt}"),
-            "--node".into(),
-            name.into(),
-            "--token".into(),
-            token.into(),
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--run-dir".into(),
-            dir.join("run").display().to_string(),
-        ];
-        let mut agent = Agent {
-            child: None,
-            name: name.to_string(),
-            dir,
-            args,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            netns: None,
-            log: Default::default(),
-        };
-        agent.spawn();
-        agent
+        Agent::launch(
+            &dir.join(name),
+            mqtt,
+            name,
+            token,
+            &["--runtime", "sim"],
+            env,
+            None,
+        )
+    }
+
+    /// Start an agent with the default (real) runtime for `name` with
+    /// `token` against `mqtt` (`host:port`), its directories under
+    /// `dir/name`, a 1 s heartbeat, `extra` flags and `env`.
+    pub fn start_real(
+        dir: &Path,
+        mqtt: &str,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        Agent::launch(&dir.join(name), mqtt, name, token, extra, env, None)
     }
 
     /// Start an agent with the default (real) runtime for `name` with
@@ -438,6 +426,20 @@ impl Agent {
         name: &str,
         token: &str,
         extra: &[&str],
+    ) -> Agent {
+        Agent::launch(dir, mqtt, name, token, extra, &[], Some(netns))
+    }
+
+    /// Write `dir/agent.toml` (the heartbeat is a file setting only) and
+    /// start the agent with its directories under `dir`.
+    fn launch(
+        dir: &Path,
+        mqtt: &str,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&Path>,
     ) -> Agent {
         std::fs::create_dir_all(dir).expect("agent dir");
         let config = dir.join("agent.toml");
@@ -462,8 +464,11 @@ impl Agent {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             args,
-            env: Vec::new(),
-            netns: Some(netns.to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            netns: netns.map(Path::to_path_buf),
             log: Default::default(),
         };
         agent.spawn();

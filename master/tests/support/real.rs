@@ -4,16 +4,14 @@
 //! `bramble-agent image import`, and a cleanup that leaves no process,
 //! cgroup or mount behind even when the test fails.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use bramble_agent::images::busybox;
 use bramble_agent::runtime::{LinuxRuntime, Runtime, RuntimeConfig};
 
-use super::{agent_bin, wait_until};
+use super::{agent_bin, Agent};
 
 /// The test image: busybox-static with its applets, default command `sh`.
 pub const IMAGE: &str = "bramble.test/busybox:1";
@@ -29,17 +27,15 @@ pub fn write_test_image(file: &Path) {
         .expect("write the test image archive");
 }
 
-/// A real agent for node `name`, started by [`RealNode::start`].
+/// A real agent for node `name`, started by [`RealNode::start`], with the
+/// cleanup of everything its pods had.
 pub struct RealNode {
     /// The node's name.
     pub name: String,
     /// Its directory (`state/`, `run/`).
     pub dir: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-    /// Everything it printed on stderr, across restarts.
-    pub log: Arc<Mutex<Vec<String>>>,
+    /// The agent process.
+    pub agent: Agent,
 }
 
 impl RealNode {
@@ -55,44 +51,16 @@ impl RealNode {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> RealNode {
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).expect("node dir");
-        let config = dir.join("agent.toml");
-        std::fs::write(&config, "heartbeat-seconds = 1\n").expect("write agent.toml");
-        let mut args = vec![
-            "--config".to_string(),
-            config.display().to_string(),
-            "--master".into(),
-            format!("mqtt://{mqtt}"),
-            "--node".into(),
-            name.into(),
-            "--token".into(),
-            token.into(),
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--run-dir".into(),
-            dir.join("run").display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let node = RealNode {
-            name: name.to_string(),
-            dir,
-            args,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-            log: Arc::default(),
-        };
-        let archive = node.dir.join("image.tar");
+        let node_dir = dir.join(name);
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        let archive = node_dir.join("image.tar");
         write_test_image(&archive);
         let out = Command::new(agent_bin())
             .arg("image")
             .arg("import")
             .arg(&archive)
             .arg("--state-dir")
-            .arg(node.state_dir())
+            .arg(node_dir.join("state"))
             .output()
             .expect("run bramble-agent image import");
         assert!(
@@ -100,9 +68,11 @@ impl RealNode {
             "bramble-agent image import failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut node = node;
-        node.spawn();
-        node
+        RealNode {
+            name: name.to_string(),
+            dir: node_dir,
+            agent: Agent::start_real(dir, mqtt, name, token, extra, env),
+        }
     }
 
     /// The agent's state dir.
@@ -115,45 +85,14 @@ impl RealNode {
         self.dir.join("run")
     }
 
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "agent {} already running", self.name);
-        let mut child = Command::new(agent_bin())
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("BRAMBLE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bramble-agent");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::clone(&self.log);
-        let name = self.name.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().expect("log").push(format!("[{name}] {line}"));
-            }
-        });
-        self.child = Some(child);
-    }
-
     /// SIGKILL the agent (its containers keep running).
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.agent.kill9();
     }
 
     /// Start the agent again with the same flags.
     pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
-    /// The whole log as text.
-    pub fn log_text(&self) -> String {
-        self.log.lock().expect("log").join("\n")
+        self.agent.restart();
     }
 
     /// The node's cgroup dirs (one per v1 hierarchy, or the v2 one).
@@ -202,23 +141,6 @@ impl RealNode {
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     }
-
-    /// Wait until the agent logs `text`.
-    #[track_caller]
-    pub fn wait_log(&self, text: &str) {
-        wait_until(
-            &format!("agent {} logs {text:?}", self.name),
-            Duration::from_secs(60),
-            || {
-                let log = self.log.lock().expect("log");
-                if log.iter().any(|l| l.contains(text)) {
-                    Ok(())
-                } else {
-                    Err(log.join("\n"))
-                }
-            },
-        )
-    }
 }
 
 fn collect_procs(dir: &Path, pids: &mut Vec<i32>) {
@@ -253,7 +175,7 @@ fn rmdir_tree(p: &Path) {
 impl Drop for RealNode {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- agent {} log:\n{}", self.name, self.log_text());
+            eprintln!("--- agent {} log:\n{}", self.name, self.agent.log_text());
         }
         self.kill9();
         // Stop whatever pods the agent left, through the runtime itself.
