@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controllers;
 pub mod device_image;
 pub mod dispatch;
+pub mod events;
 pub mod rpc;
 pub mod scheduler;
 pub mod store;

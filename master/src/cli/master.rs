@@ -68,6 +68,9 @@ pub struct MasterArgs {
     /// The agent binary for --local-agent [default: bramble-agent beside bramble].
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// How long Events are kept after their last change, e.g. 1h, 30m [default: 1h].
+    #[arg(long)]
+    pub event_ttl: Option<String>,
     /// Load and check the configuration, print it and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -122,9 +125,29 @@ pub struct MasterConfig {
     /// See `--node-cidr-mask-size`.
     #[serde(default = "default_node_cidr_mask_size")]
     pub node_cidr_mask_size: u8,
+    /// See `--event-ttl`.
+    #[serde(default = "default_event_ttl")]
+    pub event_ttl: String,
 }
 
 impl MasterConfig {
+    /// `event-ttl` as a duration (at least one second).
+    pub fn event_ttl(&self) -> Result<std::time::Duration, String> {
+        let ttl: jiff::SignedDuration = self.event_ttl.parse().map_err(|_| {
+            format!(
+                "event-ttl {:?}: expected a duration such as 1h, 30m or 90s",
+                self.event_ttl
+            )
+        })?;
+        match std::time::Duration::try_from(ttl) {
+            Ok(ttl) if ttl.as_secs() >= 1 => Ok(ttl),
+            _ => Err(format!(
+                "event-ttl {:?}: must be at least 1s",
+                self.event_ttl
+            )),
+        }
+    }
+
     /// The pod CIDR pool that `cluster-cidr` and `node-cidr-mask-size` describe.
     pub fn pod_cidrs(&self) -> Result<PodCidrPool, String> {
         PodCidrPool::parse(&self.cluster_cidr, self.node_cidr_mask_size).map_err(|e| e.to_string())
@@ -163,6 +186,10 @@ fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
         ));
     }
     Ok((parsed.host, parsed.port))
+}
+
+fn default_event_ttl() -> String {
+    "1h".into()
 }
 
 fn default_event_log_capacity() -> usize {
@@ -227,7 +254,11 @@ impl MasterConfig {
         if let Some(mask) = args.node_cidr_mask_size {
             config.node_cidr_mask_size = mask;
         }
+        if let Some(ttl) = &args.event_ttl {
+            config.event_ttl = ttl.clone();
+        }
         config.pod_cidrs()?;
+        config.event_ttl()?;
         if config.heartbeat_seconds == 0 || config.missed_heartbeats == 0 {
             return Err("heartbeat-seconds and missed-heartbeats must be at least 1".into());
         }
@@ -276,6 +307,7 @@ pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
         println!("missed-heartbeats = {}", config.missed_heartbeats);
         println!("cluster-cidr = {:?}", config.cluster_cidr);
         println!("node-cidr-mask-size = {}", config.node_cidr_mask_size);
+        println!("event-ttl = {:?}", config.event_ttl);
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
@@ -431,6 +463,11 @@ async fn run(
         stopped(),
     ));
     tokio::spawn(crate::scheduler::run(store.clone(), stopped()));
+    tokio::spawn(crate::events::ttl::run(
+        store.clone(),
+        config.event_ttl()?,
+        stopped(),
+    ));
     tokio::spawn(crate::controllers::pod_termination::run(
         store.clone(),
         stopped(),
