@@ -377,6 +377,7 @@ fn network_for(
 fn real_runtime(
     config: &AgentConfig,
     node_address: Option<std::net::Ipv4Addr>,
+    events: bramble_agent::events::EventRecorder,
 ) -> anyhow::Result<LinuxPodRuntime> {
     let host = check_host();
     for problem in host
@@ -386,12 +387,14 @@ fn real_runtime(
     {
         tracing::warn!("host check: {problem}");
     }
-    let runtime = LinuxRuntime::new(RuntimeConfig::new(
+    let mut runtime_config = RuntimeConfig::new(
         &config.node,
         config.state_dir.clone(),
         config.run_dir.clone(),
-    ))
-    .context("cannot start the container runtime")?;
+    );
+    runtime_config.events = events;
+    let runtime =
+        LinuxRuntime::new(runtime_config).context("cannot start the container runtime")?;
     let preload = config.state_dir.join("preload");
     let imported = runtime.images().import_preload(&preload);
     if imported > 0 {
@@ -474,6 +477,7 @@ fn run(
                 .map(|(name, token)| {
                     let mut settings = base.clone();
                     settings.state_dir = config.state_dir.join(&name);
+                    settings.events = bramble_agent::events::EventRecorder::new(&name);
                     settings.node = name;
                     settings.token = token;
                     settings
@@ -488,9 +492,14 @@ fn run(
                 None => None,
             };
             let config = config.clone();
-            let runtime = tokio::task::spawn_blocking(move || real_runtime(&config, node_address))
-                .await
-                .context("starting the runtime failed")??;
+            let events = nodes
+                .first()
+                .map(|settings| settings.events.clone())
+                .unwrap_or_default();
+            let runtime =
+                tokio::task::spawn_blocking(move || real_runtime(&config, node_address, events))
+                    .await
+                    .context("starting the runtime failed")??;
             let runtime = Arc::new(runtime);
             for mut settings in nodes {
                 settings.node_address = node_address;

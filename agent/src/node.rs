@@ -21,13 +21,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bramble_common::wire::{self, Backoff, Message, NodeDesired, NodeReport, Presence};
+use bramble_common::wire::{self, Backoff, Message, NodeDesired, NodeEvents, NodeReport, Presence};
 use rumqttc::QoS;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{AgentConfig, MqttTransport};
+use crate::events::{EventRecorder, EventType};
 use crate::facts::Facts;
 use crate::link::coalesce::{ReportCoalescer, ReportState};
 use crate::link::{self, Link, LinkError, LinkSettings};
@@ -77,6 +78,8 @@ pub struct NodeSettings {
     /// The node's `InternalIP` when configured (`node-address`); otherwise
     /// the address of the interface holding the default route.
     pub node_address: Option<Ipv4Addr>,
+    /// The node's events, sent to the master on its report topic.
+    pub events: EventRecorder,
 }
 
 impl NodeSettings {
@@ -102,6 +105,7 @@ impl NodeSettings {
             facts,
             started_unix,
             node_address: config.node_address,
+            events: EventRecorder::new(&config.node),
         })
     }
 }
@@ -187,6 +191,7 @@ async fn run_inner<R: PodRuntime>(
         );
     }
     let mut accepted: Option<Arc<NodeDesired>> = loaded.map(Arc::new);
+    note_start(&settings).await;
 
     // 2. The sync loop, at once.
     let host_ip = node_address(&settings).await.map(|a| a.to_string());
@@ -314,6 +319,11 @@ async fn run_inner<R: PodRuntime>(
                 if snapshot.passes > 0 && !ready_notified {
                     ready_notified = true;
                     notify_ready();
+                    settings.events.node(
+                        EventType::Normal,
+                        "NodeReady",
+                        format!("Node {} status is now: NodeReady", settings.node),
+                    );
                 }
                 if snapshot.passes > 0 {
                     report = coalescer.update(ReportState {
@@ -333,8 +343,23 @@ async fn run_inner<R: PodRuntime>(
                     report = coalescer.heartbeat();
                 }
             }
+            _ = settings.events.due(), if retry_at.is_none() && connection.borrow().connected => {
+                if let Some(batch) = settings.events.take_batch() {
+                    if !publisher.events(&batch) {
+                        settings.events.put_back(batch);
+                        retry_at = Some(Instant::now() + RETRY_DELAY);
+                    }
+                }
+            }
         }
         if let Some(report) = report {
+            // Events first: a report can end a pod's life at the master, and
+            // events about a pod it no longer has are refused.
+            if let Some(batch) = settings.events.take_batch() {
+                if !publisher.events(&batch) {
+                    settings.events.put_back(batch);
+                }
+            }
             if publisher.report(&report) {
                 heartbeat_at = Instant::now() + settings.heartbeat;
             } else {
@@ -359,6 +384,41 @@ async fn run_inner<R: PodRuntime>(
     }
     info!("node agent stopped");
     Ok(())
+}
+
+/// The node's events of a start: `Starting`, and `Rebooted` when the
+/// device booted since the agent last ran.
+async fn note_start(settings: &NodeSettings) {
+    settings.events.node(
+        EventType::Normal,
+        "Starting",
+        format!(
+            "Starting bramble-agent {}.",
+            settings.facts.node.agent_version
+        ),
+    );
+    let (dir, boot_id) = (
+        settings.state_dir.clone(),
+        settings.facts.node.boot_id.clone(),
+    );
+    if boot_id.is_empty() {
+        return;
+    }
+    match tokio::task::spawn_blocking(move || state::note_boot_id(&dir, &boot_id)).await {
+        Ok(Ok(Some(_previous))) => settings.events.node(
+            EventType::Warning,
+            "Rebooted",
+            format!(
+                "Node {} has been rebooted, boot id: {}",
+                settings.node, settings.facts.node.boot_id
+            ),
+        ),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot remember the boot id; a reboot will not be reported")
+        }
+        Err(e) => warn!(error = %e, "remembering the boot id failed"),
+    }
 }
 
 /// Publishes through the client without ever waiting on the poller.
@@ -401,6 +461,34 @@ impl Publisher {
                 }
             }
             Err(e) => error!(error = %e, "cannot encode presence"),
+        }
+    }
+
+    /// Queue a batch of events; false when it could not be queued.
+    fn events(&self, batch: &NodeEvents) -> bool {
+        let payload = match wire::encode(&Message::Events(batch.clone())) {
+            Ok(payload) => payload,
+            Err(e) => {
+                error!(error = %e, events = batch.events.len(), "cannot encode events; dropping them");
+                return true;
+            }
+        };
+        match self
+            .client
+            .try_publish(self.topics.report.clone(), QoS::AtLeastOnce, false, payload)
+        {
+            Ok(()) => {
+                debug!(
+                    seq = batch.seq,
+                    events = batch.events.len(),
+                    "events queued"
+                );
+                true
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot queue events; retrying");
+                false
+            }
         }
     }
 

@@ -49,6 +49,38 @@ pub enum StateError {
     },
 }
 
+/// The file holding the boot ID the agent last ran under.
+pub const BOOT_ID_FILE: &str = "boot_id";
+
+/// Remember `boot_id` in `{state_dir}/boot_id`; the previous one when it
+/// differs (the device rebooted since the agent last ran), `None` on the
+/// first run or the same boot. Writes only when the boot ID changed, so an
+/// SD card sees one small write per boot.
+pub fn note_boot_id(state_dir: &Path, boot_id: &str) -> Result<Option<String>, StateError> {
+    let path = state_dir.join(BOOT_ID_FILE);
+    let previous = match fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(StateError::Io {
+                what: "read",
+                path,
+                source,
+            })
+        }
+    };
+    if previous.as_deref() == Some(boot_id) {
+        return Ok(None);
+    }
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Io { what, path, source }
+    };
+    fs::create_dir_all(state_dir).map_err(io("create", state_dir))?;
+    fs::write(&path, format!("{boot_id}\n")).map_err(io("write", &path))?;
+    Ok(previous.filter(|p| !p.is_empty()))
+}
+
 /// The path of the desired state file in `state_dir`.
 pub fn desired_path(state_dir: &Path) -> PathBuf {
     state_dir.join(DESIRED_FILE)

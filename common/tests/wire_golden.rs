@@ -21,9 +21,10 @@ use std::path::PathBuf;
 
 use bramble_common::wire::{
     check_size, decode, encode, ConditionReport, ConfigData, ConfigKind, DecodeError, DesiredPod,
-    EncodeError, Message, NodeConfig, NodeDesired, NodeFacts, NodeReport, NodeStatusReport,
-    PeerNode, PodStatusReport, Presence, RpcBody, RpcCall, RpcRequest, RpcResponse, HEADER_LEN,
-    MAX_MESSAGE_BYTES, MAX_RPC_CHUNK_BYTES, MAX_SEGMENT_BYTES, PROTOCOL_VERSION,
+    EncodeError, Message, NodeConfig, NodeDesired, NodeEvent, NodeEvents, NodeFacts, NodeReport,
+    NodeStatusReport, PeerNode, PodStatusReport, Presence, RpcBody, RpcCall, RpcRequest,
+    RpcResponse, HEADER_LEN, MAX_MESSAGE_BYTES, MAX_RPC_CHUNK_BYTES, MAX_SEGMENT_BYTES,
+    PROTOCOL_VERSION,
 };
 
 // ---------------------------------------------------------------------------
@@ -272,6 +273,40 @@ fn rpc_response_error() -> Message {
     })
 }
 
+fn events() -> Message {
+    Message::Events(NodeEvents {
+        seq: 42,
+        events: vec![
+            NodeEvent {
+                kind: "Pod".into(),
+                namespace: "default".into(),
+                name: "web-7d4b9c".into(),
+                uid: "6f1c2a8e-1b7d-4c55-9a0e-3d2f8b9c0a11".into(),
+                field_path: "spec.containers{nginx}".into(),
+                warning: true,
+                reason: "BackOff".into(),
+                message: "Back-off restarting failed container nginx in pod web-7d4b9c_default(6f1c2a8e-1b7d-4c55-9a0e-3d2f8b9c0a11)".into(),
+                count: 7,
+                first_seconds_ago: 310,
+                last_seconds_ago: 4,
+            },
+            NodeEvent {
+                kind: "Node".into(),
+                namespace: "".into(),
+                name: "pi-1".into(),
+                uid: "pi-1".into(),
+                field_path: "".into(),
+                warning: false,
+                reason: "NodeReady".into(),
+                message: "Node pi-1 status is now: NodeReady".into(),
+                count: 1,
+                first_seconds_ago: 0,
+                last_seconds_ago: 0,
+            },
+        ],
+    })
+}
+
 /// Every golden sample: its file name (without `.bin`) and its message.
 fn samples() -> Vec<(&'static str, Message)> {
     vec![
@@ -283,6 +318,7 @@ fn samples() -> Vec<(&'static str, Message)> {
         ("rpc_cancel", rpc_cancel()),
         ("rpc_response_log_chunk", rpc_response_log_chunk()),
         ("rpc_response_error", rpc_response_error()),
+        ("events", events()),
     ]
 }
 
@@ -515,7 +551,7 @@ fn every_truncation_of_every_sample_is_an_error() {
 #[test]
 fn unknown_variants_are_malformed_not_panics() {
     let mut payload = header(PROTOCOL_VERSION);
-    payload.push(5); // the first Message variant after RpcResponse
+    payload.push(100); // far past the last Message variant
     assert!(matches!(decode(&payload), Err(DecodeError::Malformed(_))));
     let mut bad_bool = must_encode(&rpc_response_error());
     let last_flag = HEADER_LEN + 1 + 1 + 36 + 1; // variant, id length, id, seq

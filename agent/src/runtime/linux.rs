@@ -31,11 +31,17 @@ use serde::{Deserialize, Serialize};
 use super::backoff::{Backoff, RestartPolicy};
 use super::events::StatusEvents;
 use super::logs;
-use super::probes::{run_probe, ProbeTarget, ProbeTracker};
+use super::probes::{run_probe, ProbeOutcome, ProbeTarget, ProbeTracker};
 use super::shim::{ShimConfig, ShimState, ShimStatus};
 use super::spec::{build_spec, parse_memory, MountSource, SpecInputs};
 use super::{netns, PodDesired, PodSummary, Runtime, RuntimeConfig, RuntimeError};
+use crate::events::{EventType, InvolvedPod};
 use crate::images::{write_atomic, ImageError, ImageRecord, ImageStore};
+
+/// How often a lasting reason to wait (a back-off, a missing image or
+/// volume) is reported again as an event (the kubelet reports it on each
+/// sync of the pod, about every ten seconds).
+const WAITING_EVENT_INTERVAL: Duration = Duration::from_secs(10);
 
 fn ioe(what: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
     let what = what.into();
@@ -75,6 +81,8 @@ struct ContainerRuntimeState {
     liveness: Option<ProbeTracker>,
     readiness: Option<ProbeTracker>,
     probe_attempt: u32,
+    /// The waiting reason and message last reported as an event, and when.
+    waiting_event: Option<((String, String), Instant)>,
 }
 
 struct PodState {
@@ -83,6 +91,9 @@ struct PodState {
     sandbox_ready: bool,
     sandbox_error: Option<String>,
     volume_hashes: BTreeMap<String, String>,
+    /// Volumes that cannot be set up (a missing ConfigMap or Secret), with
+    /// why and when it was last reported: containers wait for them.
+    volume_errors: BTreeMap<String, (String, Instant)>,
     status: PodStatus,
 }
 
@@ -243,6 +254,7 @@ impl LinuxRuntime {
                 sandbox_ready: false,
                 sandbox_error: None,
                 volume_hashes: BTreeMap::new(),
+                volume_errors: BTreeMap::new(),
                 status: PodStatus {
                     phase: Some("Pending".into()),
                     ..Default::default()
@@ -588,6 +600,15 @@ impl Inner {
             }
         }
         self.update_projected_volumes(d, st);
+        if st
+            .volume_errors
+            .keys()
+            .any(|volume| !st.volume_hashes.contains_key(volume))
+        {
+            // The kubelet starts no container before every volume is set up
+            // (a volume set up before keeps its files when its source goes).
+            return Ok(Step::Done);
+        }
         let policy = RestartPolicy::parse(d.pod.spec.restart_policy.as_deref());
         // Init containers, in order.
         for c in &d.pod.spec.init_containers {
@@ -601,6 +622,7 @@ impl Inner {
                 RestartPolicy::OnFailure
             };
             let done = self.drive_container(d, st, c, init_policy, true);
+            self.report_waiting(d, st, c, true);
             if !done {
                 return Ok(Step::Done);
             }
@@ -610,9 +632,77 @@ impl Inner {
                 return Ok(Step::Done);
             }
             self.drive_container(d, st, c, policy, false);
+            self.report_waiting(d, st, c, false);
         }
         let _ = uid;
         Ok(Step::Done)
+    }
+
+    /// Records an event about container `c` of `d` (or the pod, for `None`).
+    fn event(
+        &self,
+        d: &PodDesired,
+        c: Option<(&str, bool)>,
+        event_type: EventType,
+        reason: &str,
+        message: String,
+    ) {
+        let pod = InvolvedPod {
+            uid: d.uid().to_string(),
+            namespace: d.pod.metadata.namespace.clone().unwrap_or_default(),
+            name: d.pod.metadata.name.clone().unwrap_or_default(),
+            field_path: None,
+        };
+        let pod = match c {
+            Some((name, init)) => pod.container(name, init),
+            None => pod,
+        };
+        self.cfg.events.pod(&pod, event_type, reason, message);
+    }
+
+    /// Reports why container `c` waits, as the kubelet's events do: when
+    /// the reason or message changes, and again every
+    /// [`WAITING_EVENT_INTERVAL`] while it lasts (the kubelet reports on
+    /// each sync of the pod; the event's `count` shows for how long).
+    fn report_waiting(&self, d: &PodDesired, st: &mut PodState, c: &Container, init: bool) {
+        let Some(rs) = st.containers.get_mut(&c.name) else {
+            return;
+        };
+        let Some(waiting) = rs.waiting.clone() else {
+            rs.waiting_event = None;
+            return;
+        };
+        let now = Instant::now();
+        if matches!(&rs.waiting_event, Some((last, at)) if *last == waiting && now.duration_since(*at) < WAITING_EVENT_INTERVAL)
+        {
+            return;
+        }
+        rs.waiting_event = Some((waiting.clone(), now));
+        let (reason, message) = waiting;
+        let pod_name = d.pod.metadata.name.as_deref().unwrap_or("");
+        let namespace = d.pod.metadata.namespace.as_deref().unwrap_or("");
+        let (event_reason, event_message) = match reason.as_str() {
+            "CrashLoopBackOff" => (
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {pod_name}_{namespace}({})",
+                    c.name,
+                    d.uid()
+                ),
+            ),
+            "ErrImageNeverPull" => ("ErrImageNeverPull", message),
+            "InvalidImageName" | "ImageInspectError" => ("InspectFailed", message),
+            // The shim's failure was reported when it happened.
+            "RunContainerError" => return,
+            _ => ("Failed", format!("Error: {message}")),
+        };
+        self.event(
+            d,
+            Some((&c.name, init)),
+            EventType::Warning,
+            event_reason,
+            event_message,
+        );
     }
 
     /// Advances one container; for init containers returns whether it has
@@ -766,12 +856,24 @@ impl Inner {
             shim_binary: self.cfg.shim_binary.clone(),
         };
         let mut kill = None;
+        let unhealthy = |kind: &str, out: &ProbeOutcome| {
+            if let ProbeOutcome::Failure(why) = out {
+                self.event(
+                    d,
+                    Some((&c.name, false)),
+                    EventType::Warning,
+                    "Unhealthy",
+                    format!("{kind} probe failed: {why}"),
+                );
+            }
+        };
         if let (Some(p), Some(t)) = (&c.startup_probe, rs.startup.as_mut()) {
             if t.verdict != Some(true) {
                 if t.due(started, now) {
                     let out = run_probe(p, c, &target, t.timeout);
+                    unhealthy("Startup", &out);
                     if t.record(now, out) == Some(false) {
-                        kill = Some("startup probe failed");
+                        kill = Some("startup");
                     }
                 }
                 if kill.is_none() {
@@ -783,20 +885,32 @@ impl Inner {
             if let (Some(p), Some(t)) = (&c.liveness_probe, rs.liveness.as_mut()) {
                 if t.due(started, now) {
                     let out = run_probe(p, c, &target, t.timeout);
+                    unhealthy("Liveness", &out);
                     if t.record(now, out) == Some(false) {
-                        kill = Some("liveness probe failed");
+                        kill = Some("liveness");
                     }
                 }
             }
             if let (Some(p), Some(t)) = (&c.readiness_probe, rs.readiness.as_mut()) {
                 if t.due(started, now) {
                     let out = run_probe(p, c, &target, t.timeout);
+                    unhealthy("Readiness", &out);
                     t.record(now, out);
                 }
             }
         }
-        if let Some(why) = kill {
-            tracing::info!(container = %c.name, why, "killing container");
+        if let Some(probe) = kill {
+            tracing::info!(container = %c.name, probe, "killing container: its probe failed");
+            self.event(
+                d,
+                Some((&c.name, false)),
+                EventType::Normal,
+                "Killing",
+                format!(
+                    "Container {} failed {probe} probe, will be restarted",
+                    c.name
+                ),
+            );
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -887,7 +1001,41 @@ impl Inner {
             } else {
                 continue;
             };
-            let (files, mode) = files.unwrap_or_default();
+            let Some((files, mode)) = files.or_else(|| {
+                let optional = v
+                    .config_map
+                    .as_ref()
+                    .map(|cm| cm.optional)
+                    .or_else(|| v.secret.as_ref().map(|s| s.optional))
+                    .flatten()
+                    .unwrap_or(false);
+                optional.then(Default::default)
+            }) else {
+                let missing = match (&v.config_map, &v.secret) {
+                    (Some(cm), _) => format!("configmap \"{}\" not found", cm.name),
+                    (None, Some(secret)) => format!("secret \"{}\" not found", secret.secret_name),
+                    (None, None) => continue,
+                };
+                let now = Instant::now();
+                let due = st.volume_errors.get(&v.name).is_none_or(|(why, at)| {
+                    *why != missing || now.duration_since(*at) >= WAITING_EVENT_INTERVAL
+                });
+                if due {
+                    self.event(
+                        d,
+                        None,
+                        EventType::Warning,
+                        "FailedMount",
+                        format!(
+                            "MountVolume.SetUp failed for volume \"{}\" : {missing}",
+                            v.name
+                        ),
+                    );
+                    st.volume_errors.insert(v.name.clone(), (missing, now));
+                }
+                continue;
+            };
+            st.volume_errors.remove(&v.name);
             let hash = format!("{files:?}{mode:?}");
             if st.volume_hashes.get(&v.name) == Some(&hash) {
                 continue;
@@ -903,6 +1051,33 @@ impl Inner {
     fn start(&self, d: &PodDesired, st: &mut PodState, c: &Container) {
         let uid = d.uid().to_string();
         let result = self.try_start(d, st, c);
+        let init = d.pod.spec.init_containers.iter().any(|i| i.name == c.name);
+        match &result {
+            Ok(()) => {
+                self.event(
+                    d,
+                    Some((&c.name, init)),
+                    EventType::Normal,
+                    "Created",
+                    format!("Created container: {}", c.name),
+                );
+                self.event(
+                    d,
+                    Some((&c.name, init)),
+                    EventType::Normal,
+                    "Started",
+                    format!("Started container {}", c.name),
+                );
+            }
+            Err(StartError::Failed(message)) => self.event(
+                d,
+                Some((&c.name, init)),
+                EventType::Warning,
+                "Failed",
+                format!("Error: {message}"),
+            ),
+            Err(StartError::Waiting(..)) => {}
+        }
         let rec = st.record.containers.entry(c.name.clone()).or_default();
         let rs = st.containers.entry(c.name.clone()).or_default();
         match result {
@@ -1408,7 +1583,17 @@ impl Inner {
         };
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
-        for (_, pid, _) in running(&names) {
+        for (name, pid, _) in running(&names) {
+            if let Some(d) = d {
+                let init = d.pod.spec.init_containers.iter().any(|i| i.name == name);
+                self.event(
+                    d,
+                    Some((&name, init)),
+                    EventType::Normal,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
+            }
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
         let deadline = Instant::now() + grace;
@@ -1441,7 +1626,6 @@ impl Inner {
         unmount_all_under(&self.pod_dir(uid));
         remove_cgroup_tree(&format!("bramble/{}/{uid}", self.cfg.node_name));
         netns::remove(&self.netns_path(uid)).map_err(ioe("remove pod netns"))?;
-        let _ = d;
         for p in [self.pod_dir(uid), self.pod_state_dir(uid)] {
             match fs::remove_dir_all(&p) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -165,6 +165,9 @@ pub struct RuntimeConfig {
     pub cluster_dns: Option<String>,
     /// Cluster domain (`cluster.local`).
     pub cluster_domain: String,
+    /// Where the runtime records what it does to pods (the kubelet's
+    /// events: `Created`, `Started`, `Killing`, `BackOff`, ...).
+    pub events: crate::events::EventRecorder,
 }
 
 impl RuntimeConfig {
@@ -183,6 +186,7 @@ impl RuntimeConfig {
             idle_interval: Duration::from_secs(1),
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
+            events: crate::events::EventRecorder::disabled(),
         }
     }
 }

@@ -183,40 +183,67 @@ pub fn run_probe(
     }
 }
 
-/// Runs `cmd` inside the container of `pid` with a timeout.
+/// Most output of an exec probe kept for its event (the kubelet's 10 KiB).
+const MAX_EXEC_OUTPUT: usize = 10 * 1024;
+
+/// Runs `cmd` inside the container of `pid` with a timeout. A failure
+/// carries the command's output (stdout and stderr, as the kubelet reports
+/// it in the `Unhealthy` event).
 pub fn run_exec(shim: &Path, pid: i32, cmd: &[String], timeout: Duration) -> ProbeOutcome {
     use std::os::unix::process::CommandExt;
-    let mut child = match std::process::Command::new(shim)
+    let (mut output, writer) = match std::io::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return ProbeOutcome::Failure(format!("create a pipe for exec: {e}")),
+    };
+    let stderr = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return ProbeOutcome::Failure(format!("create a pipe for exec: {e}")),
+    };
+    let mut command = std::process::Command::new(shim);
+    command
         .arg("shim")
         .arg("exec")
         .arg(pid.to_string())
         .arg("--")
         .args(cmd)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-    {
+        .stdout(writer)
+        .stderr(stderr)
+        .process_group(0);
+    let spawned = command.spawn();
+    // The command holds the pipe's write ends: drop them so the output
+    // ends when the probe's process does.
+    drop(command);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return ProbeOutcome::Failure(format!("spawn exec: {e}")),
     };
+    if let Err(e) = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&output),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    ) {
+        tracing::debug!(error = %e, "cannot make the exec probe's output non-blocking");
+    }
+    let mut kept = Vec::new();
+    let mut drain = |kept: &mut Vec<u8>| {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = output.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let room = MAX_EXEC_OUTPUT.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+    };
     let deadline = Instant::now() + timeout;
     loop {
+        drain(&mut kept);
         match child.try_wait() {
             Ok(Some(status)) => {
+                drain(&mut kept);
                 return match status.code() {
                     Some(0) => ProbeOutcome::Success,
-                    code => {
-                        let mut err = String::new();
-                        if let Some(mut e) = child.stderr.take() {
-                            let _ = e.read_to_string(&mut err);
-                        }
-                        ProbeOutcome::Failure(format!(
-                            "command {cmd:?} exited with {code:?} {}",
-                            err.trim()
-                        ))
-                    }
+                    _ => ProbeOutcome::Failure(String::from_utf8_lossy(&kept).into_owned()),
                 };
             }
             Ok(None) if Instant::now() >= deadline => {
@@ -225,9 +252,7 @@ pub fn run_exec(shim: &Path, pid: i32, cmd: &[String], timeout: Duration) -> Pro
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 let _ = child.wait();
-                return ProbeOutcome::Failure(format!(
-                    "command {cmd:?} timed out after {timeout:?}"
-                ));
+                return ProbeOutcome::Failure(format!("command {:?} timed out", cmd.join(" ")));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return ProbeOutcome::Failure(format!("wait exec: {e}")),

@@ -35,6 +35,9 @@ pub enum Message {
     RpcRequest(RpcRequest),
     /// One part of the answer to an [`RpcRequest`] (agent -> master).
     RpcResponse(RpcResponse),
+    /// What happened on a node, for `kubectl get events` (agent -> master,
+    /// on the node's report topic).
+    Events(NodeEvents),
 }
 
 impl Message {
@@ -46,6 +49,7 @@ impl Message {
             Message::Presence(_) => "presence",
             Message::RpcRequest(_) => "rpc request",
             Message::RpcResponse(_) => "rpc response",
+            Message::Events(_) => "events",
         }
     }
 }
@@ -318,4 +322,46 @@ pub enum RpcBody {
         /// What went wrong, lowercase, saying what to do.
         message: String,
     },
+}
+
+/// A batch of what happened on one node: the kubelet's Events, already
+/// deduplicated and rate-limited by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvents {
+    /// Grows by one per batch the agent sends; a batch repeated by QoS 1
+    /// redelivery carries the same number and is recorded once.
+    pub seq: u64,
+    /// The events, oldest first.
+    pub events: Vec<NodeEvent>,
+}
+
+/// One event, seen `count` times on the node since the last batch.
+///
+/// Times are ages in seconds at the moment the batch was sent, not
+/// timestamps: a device without a real-time clock boots with a wrong clock,
+/// and the master dates each event by its own clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// `Pod` or `Node`.
+    pub kind: String,
+    /// The pod's namespace (empty for the node).
+    pub namespace: String,
+    /// The pod's or the node's name.
+    pub name: String,
+    /// The pod's UID (the node's name for the node, as the kubelet does).
+    pub uid: String,
+    /// The part of the object, `spec.containers{web}` (may be empty).
+    pub field_path: String,
+    /// A `Warning` rather than a `Normal` event.
+    pub warning: bool,
+    /// One word, UpperCamelCase (`Started`, `BackOff`).
+    pub reason: String,
+    /// What happened, for people.
+    pub message: String,
+    /// Occurrences in this batch (at least 1).
+    pub count: u32,
+    /// Seconds since the first of them.
+    pub first_seconds_ago: u32,
+    /// Seconds since the last of them.
+    pub last_seconds_ago: u32,
 }

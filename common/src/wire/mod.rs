@@ -28,8 +28,8 @@ pub use codec::{
 pub use convert::{EmbeddedJsonError, FromApiError, DEFAULT_TERMINATION_GRACE_SECONDS};
 pub use message::{
     ConditionReport, ConfigData, ConfigKind, DesiredPod, Message, NodeConfig, NodeDesired,
-    NodeFacts, NodeReport, NodeStatusReport, PeerNode, PodStatusReport, Presence, RpcBody, RpcCall,
-    RpcRequest, RpcResponse,
+    NodeEvent, NodeEvents, NodeFacts, NodeReport, NodeStatusReport, PeerNode, PodStatusReport,
+    Presence, RpcBody, RpcCall, RpcRequest, RpcResponse,
 };
 pub use topic::{
     desired_topic, parse_topic, presence_filter, presence_topic, report_filter, report_topic,

@@ -147,7 +147,10 @@ impl Topic {
         matches!(
             (self, message),
             (Topic::Desired { .. }, Message::Desired(_))
-                | (Topic::Report { .. }, Message::Report(_))
+                | (
+                    Topic::Report { .. },
+                    Message::Report(_) | Message::Events(_)
+                )
                 | (Topic::Presence { .. }, Message::Presence(_))
                 | (Topic::RpcRequest { .. }, Message::RpcRequest(_))
                 | (Topic::RpcResponse { .. }, Message::RpcResponse(_))

@@ -451,6 +451,7 @@ async fn run(
         service_cidr: config.service_cidr.clone(),
         heartbeat_seconds: config.heartbeat_seconds,
     };
+    let events = crate::events::EventRecorder::new(store.clone());
     tokio::spawn(crate::dispatch::run(
         store.clone(),
         crate::dispatch::DispatchOptions {
@@ -458,6 +459,7 @@ async fn run(
             endpoint: mqtt.clone(),
             debounce: std::time::Duration::from_millis(100),
             peer_interval: std::time::Duration::from_secs(2),
+            events: events.clone(),
         },
         health.clone(),
         stopped(),
@@ -479,6 +481,7 @@ async fn run(
         store.clone(),
         health,
         silence,
+        events.clone(),
         stopped(),
     ));
     tokio::spawn(watchdog(stopped()));

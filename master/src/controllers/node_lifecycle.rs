@@ -133,6 +133,7 @@ pub async fn run(
     store: Store,
     health: std::sync::Arc<NodeHealth>,
     silence: Duration,
+    events: crate::events::EventRecorder,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -144,9 +145,17 @@ pub async fn run(
         }
         for (node, reason) in health.overdue(silence) {
             match mark_not_ready(&store, &node, &reason).await {
-                Ok(()) => {
+                Ok(marked) => {
                     tracing::info!(%node, %reason, "node is NotReady");
                     health.set_marked(&node);
+                    if let Some(object) = marked {
+                        events.normal(
+                            "node-controller",
+                            &object,
+                            "NodeNotReady",
+                            format!("Node {node} status is now: NodeNotReady"),
+                        );
+                    }
                 }
                 Err(StoreError::NotFound { .. }) => health.forget(&node),
                 Err(error) => tracing::warn!(%node, %error, "cannot mark node NotReady; retrying"),
@@ -155,7 +164,13 @@ pub async fn run(
     }
 }
 
-async fn mark_not_ready(store: &Store, node: &str, reason: &str) -> Result<(), StoreError> {
+/// Marks `node` NotReady; the node as it was when it was marked, `None`
+/// when it already was not ready.
+async fn mark_not_ready(
+    store: &Store,
+    node: &str,
+    reason: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
     let key = ObjectKey {
         kind: Kind::Node,
         namespace: String::new(),
@@ -180,7 +195,7 @@ async fn mark_not_ready(store: &Store, node: &str, reason: &str) -> Result<(), S
         if c["type"] == "Ready" {
             if c["status"] == "Unknown" {
                 // Already not ready (or never connected): nothing to write.
-                return Ok(());
+                return Ok(None);
             }
             new_conditions.push(condition.clone());
             replaced = true;
@@ -195,7 +210,7 @@ async fn mark_not_ready(store: &Store, node: &str, reason: &str) -> Result<(), S
     store
         .update_status(&key, status, Precondition::default())
         .await?;
-    Ok(())
+    Ok(Some(object))
 }
 
 #[cfg(test)]

@@ -346,6 +346,18 @@ impl ClusterIndex {
         NodePods { pods, configs }
     }
 
+    /// Whether pod `namespace/name` with UID `uid` is bound to `node`.
+    pub fn runs_pod(&self, node: &str, namespace: &str, name: &str, uid: &str) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        self.pods_by_node
+            .get(node)
+            .is_some_and(|pods| pods.contains(&key))
+            && self
+                .pods
+                .get(&key)
+                .is_some_and(|entry| entry.desired.as_ref().is_ok_and(|pod| pod.uid == uid))
+    }
+
     /// How many pods are bound, over all nodes.
     pub fn bound_pods(&self) -> usize {
         self.pods.len()

@@ -27,6 +27,7 @@
 
 pub mod desired;
 pub mod index;
+pub mod node_events;
 pub mod publish;
 pub mod reports;
 pub mod session;
@@ -65,6 +66,8 @@ pub struct DispatchOptions {
     pub debounce: Duration,
     /// Shortest time between two rebuilds of every node's peer list.
     pub peer_interval: Duration,
+    /// Where the events the nodes report are recorded.
+    pub events: crate::events::EventRecorder,
 }
 
 /// What dispatch remembers of one node.
@@ -78,6 +81,8 @@ struct NodeState {
     applied_generation: u64,
     /// The node's InternalIP from its last report.
     internal_ip: Option<String>,
+    /// The sequence number of the node's last batch of events.
+    events_seq: Option<u64>,
 }
 
 struct Dispatcher {
@@ -94,6 +99,8 @@ struct Dispatcher {
     dirty: BTreeSet<String>,
     /// Every node's peer list must be rebuilt.
     peers_dirty: bool,
+    /// Records the events nodes report.
+    events: crate::events::EventRecorder,
 }
 
 fn hash_of(value: &impl Hash) -> u64 {
@@ -311,7 +318,31 @@ impl Dispatcher {
             (Topic::Presence { .. }, Message::Presence(presence)) => {
                 self.handle_presence(&node, presence)
             }
+            (Topic::Report { .. }, Message::Events(batch)) => self.handle_events(&node, batch),
             (_, other) => self.warn_once(&node, format!("a {} message on {topic}", other.kind())),
+        }
+    }
+
+    fn handle_events(&mut self, node: &str, batch: wire::NodeEvents) {
+        let state = self.nodes.entry(node.to_string()).or_default();
+        if state.events_seq == Some(batch.seq) {
+            // QoS 1 delivered the same batch again.
+            return;
+        }
+        state.events_seq = Some(batch.seq);
+        let now = jiff::Timestamp::now();
+        let mut refused = Vec::new();
+        for event in batch.events {
+            let index = &self.index;
+            match node_events::occurrence(node, event, now, |namespace, name, uid| {
+                index.runs_pod(node, namespace, name, uid)
+            }) {
+                Ok(occurrence) => self.events.record(occurrence),
+                Err(why) => refused.push(why),
+            }
+        }
+        for why in refused {
+            self.warn_once(node, why.to_string());
         }
     }
 
@@ -405,6 +436,7 @@ pub async fn run(
         status: status_tx,
         dirty: BTreeSet::new(),
         peers_dirty: false,
+        events: options.events.clone(),
     };
     tokio::pin!(shutdown);
     let mut first = true;
