@@ -431,9 +431,11 @@ async fn run(
         stopped(),
     ));
     tokio::spawn(crate::scheduler::run(store.clone(), stopped()));
-    tokio::spawn(crate::controllers::pod_termination::run(
+    tokio::spawn(crate::controllers::run(
         store.clone(),
-        stopped(),
+        crate::controllers::Events::default(),
+        crate::controllers::ControllerOptions::default(),
+        stopped.clone(),
     ));
     let silence = std::time::Duration::from_secs(
         u64::from(config.heartbeat_seconds) * u64::from(config.missed_heartbeats),
