@@ -64,6 +64,9 @@ pub struct PodInfo {
     pub completion_index: Option<i64>,
     /// The first container's exit code when the pod finished.
     pub exit_code: Option<i64>,
+    /// Seconds its node gets to stop it when it is deleted
+    /// (`spec.terminationGracePeriodSeconds`, 30 by default).
+    pub grace_seconds: i64,
 }
 
 impl PodInfo {
@@ -126,6 +129,10 @@ impl PodInfo {
                 .as_str()
                 .and_then(|i| i.parse().ok()),
             exit_code,
+            grace_seconds: pod["spec"]["terminationGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(30)
+                .max(0),
         }
     }
 
@@ -256,6 +263,10 @@ struct State {
     pods_by_namespace: HashMap<String, HashSet<String>>,
     pods_by_controller: HashMap<String, HashSet<(String, String)>>,
     pods_by_node: HashMap<String, HashSet<(String, String)>>,
+    /// Whole objects by the uid of their controller owner.
+    objects_by_controller: HashMap<String, HashSet<ObjectKey>>,
+    /// Pods without a controller, by namespace (candidates for adoption).
+    orphan_pods: HashMap<String, HashSet<String>>,
     /// uid -> key, for owner lookups by uid.
     by_uid: HashMap<String, ObjectKey>,
 }
@@ -274,12 +285,25 @@ impl State {
                     .entry(owner.uid.clone())
                     .or_default()
                     .insert(id.clone());
+            } else {
+                self.orphan_pods
+                    .entry(pod.namespace.clone())
+                    .or_default()
+                    .insert(pod.name.clone());
             }
             if let Some(node) = &pod.node_name {
                 self.pods_by_node
                     .entry(node.clone())
                     .or_default()
                     .insert(id);
+            }
+        }
+        if let Cached::Object(object) = &value {
+            if let Some(owner) = super::controller_uid(object) {
+                self.objects_by_controller
+                    .entry(owner.to_string())
+                    .or_default()
+                    .insert(key.clone());
             }
         }
         let uid = value.uid();
@@ -309,9 +333,16 @@ impl State {
             remove_from(&mut self.pods_by_namespace, &pod.namespace, &pod.name);
             if let Some(owner) = pod.controller() {
                 remove_from(&mut self.pods_by_controller, &owner.uid, &id);
+            } else {
+                remove_from(&mut self.orphan_pods, &pod.namespace, &pod.name);
             }
             if let Some(node) = &pod.node_name {
                 remove_from(&mut self.pods_by_node, node, &id);
+            }
+        }
+        if let Cached::Object(object) = &old {
+            if let Some(owner) = super::controller_uid(object) {
+                remove_from(&mut self.objects_by_controller, owner, key);
             }
         }
         let uid = old.uid();
@@ -462,6 +493,28 @@ impl Cache {
     pub fn pods_in(&self, namespace: &str) -> Vec<Arc<PodInfo>> {
         let state = self.read();
         let Some(names) = state.pods_by_namespace.get(namespace) else {
+            return Vec::new();
+        };
+        state.pods(names.iter().map(|n| (namespace, n.as_str())))
+    }
+
+    /// The whole objects of `kind` whose controller owner has `uid`.
+    pub fn controlled_by(&self, kind: Kind, uid: &str) -> Vec<Arc<Value>> {
+        let state = self.read();
+        let Some(keys) = state.objects_by_controller.get(uid) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter(|k| k.kind == kind)
+            .filter_map(|k| state.get(k))
+            .filter_map(|c| c.object().cloned())
+            .collect()
+    }
+
+    /// The pods of `namespace` without a controller.
+    pub fn orphan_pods_in(&self, namespace: &str) -> Vec<Arc<PodInfo>> {
+        let state = self.read();
+        let Some(names) = state.orphan_pods.get(namespace) else {
             return Vec::new();
         };
         state.pods(names.iter().map(|n| (namespace, n.as_str())))

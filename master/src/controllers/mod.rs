@@ -4,8 +4,11 @@
 //! ([`cache`]); [`run`] starts them all.
 
 pub mod cache;
+pub mod deployment;
 pub mod node_lifecycle;
 pub mod pod_termination;
+pub mod pods;
+pub mod replicaset;
 pub mod runtime;
 
 use std::collections::BTreeMap;
@@ -164,19 +167,41 @@ pub async fn run<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let _ = &events;
-    let kinds = [Kind::Pod];
+    let kinds = [Kind::Pod, Kind::ReplicaSet, Kind::Deployment];
     let (cache, feeder) = cache::Cache::new(&kinds);
+    let loop_options = options.loop_options.clone();
     let termination = runtime::Controller::new(
         Arc::new(pod_termination::PodTermination::new(
             store.clone(),
             cache.clone(),
         )),
-        options.loop_options.clone(),
+        loop_options.clone(),
     );
-    let subscribers = vec![termination.subscriber()];
+    let replicasets = runtime::Controller::new(
+        Arc::new(replicaset::ReplicaSetController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let deployments = runtime::Controller::new(
+        Arc::new(deployment::DeploymentController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let subscribers = vec![
+        termination.subscriber(),
+        replicasets.subscriber(),
+        deployments.subscriber(),
+    ];
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(termination.run(cache.clone(), shutdown()));
+    tasks.spawn(replicasets.run(cache.clone(), shutdown()));
+    tasks.spawn(deployments.run(cache.clone(), shutdown()));
     tasks.spawn(feeder.run(store, subscribers, shutdown()));
     while tasks.join_next().await.is_some() {}
 }
