@@ -3,7 +3,7 @@
 
 use base64::Engine;
 
-use crate::api::{Container, PodSpec};
+use crate::api::{Container, PodSpec, Toleration};
 use crate::kinds::AnyObject;
 
 /// Fill in the defaults of `object`.
@@ -11,6 +11,7 @@ pub fn apply_defaults(object: &mut AnyObject) {
     match object {
         AnyObject::Pod(pod) => {
             pod_spec_defaults(&mut pod.spec);
+            default_toleration_seconds(&mut pod.spec);
             // A new pod is Pending until the scheduler and its node say otherwise.
             let status = pod.status.get_or_insert_with(Default::default);
             status.phase.get_or_insert_with(|| "Pending".into());
@@ -69,6 +70,39 @@ pub fn apply_defaults(object: &mut AnyObject) {
     }
 }
 
+/// Seconds a pod stays on a node that became not ready or unreachable
+/// before it is evicted, unless it says otherwise (Kubernetes'
+/// `--default-not-ready-toleration-seconds` and
+/// `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Kubernetes' `DefaultTolerationSeconds` admission: a pod that does not
+/// already tolerate the `node.kubernetes.io/not-ready` and
+/// `node.kubernetes.io/unreachable` `NoExecute` taints gets tolerations for
+/// them of [`DEFAULT_TOLERATION_SECONDS`].
+pub fn default_toleration_seconds(spec: &mut PodSpec) {
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let present = spec.tolerations.iter().any(|t| {
+            t.key.as_deref() == Some(key)
+                && t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "NoExecute")
+        });
+        if !present {
+            spec.tolerations.push(Toleration {
+                key: Some(key.to_string()),
+                operator: Some("Exists".to_string()),
+                value: None,
+                effect: Some("NoExecute".to_string()),
+                toleration_seconds: Some(DEFAULT_TOLERATION_SECONDS),
+            });
+        }
+    }
+}
+
 fn container_defaults(container: &mut Container) {
     if container.image_pull_policy.is_none() {
         let latest = image_tag(&container.image).is_none_or(|tag| tag == "latest");
@@ -113,6 +147,33 @@ fn pod_spec_defaults(spec: &mut PodSpec) {
 mod tests {
     use super::*;
     use crate::api::{Pod, Secret};
+
+    #[test]
+    fn pods_get_the_default_toleration_seconds_unless_they_say_otherwise() {
+        let mut pod = Pod::default();
+        pod.spec.tolerations.push(Toleration {
+            key: Some("node.kubernetes.io/unreachable".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            toleration_seconds: Some(86_400),
+            ..Toleration::default()
+        });
+        let mut object = AnyObject::Pod(pod);
+        apply_defaults(&mut object);
+        let AnyObject::Pod(pod) = object else {
+            unreachable!()
+        };
+        let seconds = |key: &str| {
+            pod.spec
+                .tolerations
+                .iter()
+                .filter(|t| t.key.as_deref() == Some(key))
+                .map(|t| t.toleration_seconds)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seconds("node.kubernetes.io/not-ready"), [Some(300)]);
+        assert_eq!(seconds("node.kubernetes.io/unreachable"), [Some(86_400)]);
+    }
 
     #[test]
     fn pull_policy_follows_the_tag() {

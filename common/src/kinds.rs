@@ -41,6 +41,9 @@ pub struct KindInfo {
     pub group: &'static str,
     /// API version within the group.
     pub version: &'static str,
+    /// The `apiVersion` written in objects: `v1` for the core group,
+    /// `{group}/{version}` otherwise.
+    pub api_version: &'static str,
     /// Plural resource name used in URLs.
     pub plural: &'static str,
     /// Singular resource name.
@@ -74,14 +77,21 @@ impl Kind {
     pub fn info(self) -> &'static KindInfo {
         macro_rules! info {
             ($kind:literal, $group:literal, $plural:literal, $singular:literal, $ns:literal, [$($short:literal),*]) => {
-                &KindInfo {
+                info!($kind, $group, "v1", $plural, $singular, $ns, [$($short),*])
+            };
+            ($kind:literal, $group:literal, $version:literal, $plural:literal, $singular:literal, $ns:literal, [$($short:literal),*]) => {
+                {
+                const INFO: KindInfo = KindInfo {
                     kind: $kind,
                     group: $group,
-                    version: "v1",
+                    version: $version,
+                    api_version: if $group.is_empty() { $version } else { concat!($group, "/", $version) },
                     plural: $plural,
                     singular: $singular,
                     namespaced: $ns,
                     short_names: &[$($short),*],
+                };
+                &INFO
                 }
             };
         }
@@ -115,12 +125,9 @@ impl Kind {
         }
     }
 
-    /// The `apiVersion` of this kind (`v1` or `apps/v1`).
+    /// The `apiVersion` of this kind (`v1`, `apps/v1`, `batch/v1`, ...).
     pub fn api_version(self) -> &'static str {
-        match self.info().group {
-            "" => "v1",
-            _ => "apps/v1",
-        }
+        self.info().api_version
     }
 
     /// The kind's name, as in `kind:`.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::PodTemplateSpec;
-use crate::meta::{Condition, IntOrString, LabelSelector, ObjectMeta};
+use crate::meta::{IntOrString, LabelSelector, ObjectMeta};
 use crate::Kind;
 
 /// A Deployment: declarative updates of ReplicaSets.
@@ -98,6 +98,16 @@ pub struct WorkloadStatus {
     /// Ready pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Pods whose labels match the template's (ReplicaSets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fully_labeled_replicas: Option<i32>,
+    /// Hash collisions met naming ReplicaSets or revisions (Deployments,
+    /// DaemonSets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collision_count: Option<i32>,
+    /// Nodes whose daemon pod is not available (DaemonSets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_unavailable: Option<i32>,
     /// Available pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_replicas: Option<i32>,
@@ -124,7 +134,34 @@ pub struct WorkloadStatus {
     pub updated_number_scheduled: Option<i32>,
     /// `Available`, `Progressing`, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<WorkloadCondition>,
+}
+
+/// A condition of a workload (Deployment, ReplicaSet, DaemonSet, Job):
+/// like a pod's, with the `lastUpdateTime` Deployments and Jobs keep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCondition {
+    /// Condition type (`Available`, `Progressing`, `Complete`, ...).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Last time the condition was updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<String>,
+    /// Last time the status changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// Last time the condition was probed (Jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<String>,
+    /// One-word reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A ReplicaSet: keeps a number of identical pods running.

@@ -46,6 +46,15 @@ pub async fn resource(
             super::logs::serve(state, namespace, name, &query).await
         }
         (_, _, Some(Subresource::Log)) => Err(ApiError::method_not_allowed(method.as_str(), &path)),
+        (method, Some(name), Some(Subresource::Scale)) => {
+            let key = object_key(&target, name);
+            match *method {
+                Method::GET => super::scale::get(state, &key).await,
+                Method::PUT => super::scale::update(state, &key, &query, &body).await,
+                Method::PATCH => super::scale::patch(state, &key, &query, &headers, &body).await,
+                _ => Err(ApiError::method_not_allowed(method.as_str(), &path)),
+            }
+        }
         (&Method::GET, Some(name), _) => {
             let key = object_key(&target, name);
             let object = state
@@ -384,8 +393,11 @@ async fn write_update(
             let status = value.get("status").cloned().unwrap_or(Value::Null);
             state.store.update_status(key, status, precondition).await
         }
-        // `log` is read-only: `resource` answers writes to it before here.
-        None | Some(Subresource::Log) => state.store.update(key, value, precondition).await,
+        // `log` is read-only and `scale` has its own handlers: `resource`
+        // answers them before here.
+        None | Some(Subresource::Log | Subresource::Scale) => {
+            state.store.update(key, value, precondition).await
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod patch;
 pub mod pki;
 pub mod pod_cidr;
 pub mod request;
+pub mod scale;
 pub mod selectors;
 pub mod server;
 mod watch;

@@ -55,6 +55,8 @@ pub enum Subresource {
     Status,
     /// `/log` (pods only)
     Log,
+    /// `/scale` (Deployments and ReplicaSets: autoscaling/v1 `Scale`)
+    Scale,
 }
 
 /// Why a path is not served.
@@ -96,6 +98,7 @@ fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute
     let subresource = |plural: &&str, s: &str| match s {
         "status" => Ok(Subresource::Status),
         "log" if plural == &"pods" => Ok(Subresource::Log),
+        "scale" if matches!(*plural, "deployments" | "replicasets") => Ok(Subresource::Scale),
         _ => Err(NoRoute),
     };
     // Namespaced paths: namespaces/{ns}/{plural}[/{name}[/{sub}]].

@@ -470,9 +470,11 @@ async fn run(
         config.event_ttl()?,
         stopped(),
     ));
-    tokio::spawn(crate::controllers::pod_termination::run(
+    tokio::spawn(crate::controllers::run(
         store.clone(),
-        stopped(),
+        crate::controllers::Events::default(),
+        crate::controllers::ControllerOptions::default(),
+        stopped.clone(),
     ));
     let silence = std::time::Duration::from_secs(
         u64::from(config.heartbeat_seconds) * u64::from(config.missed_heartbeats),

@@ -1,5 +1,207 @@
 //! Controllers: loops that watch the store and drive it toward what the
-//! objects ask for. One file per controller.
+//! objects ask for, like kube-controller-manager. One file per controller,
+//! all on one shared runtime ([`runtime`]) over one shared cache
+//! ([`cache`]); [`run`] starts them all.
 
+pub mod cache;
+pub mod deployment;
 pub mod node_lifecycle;
 pub mod pod_termination;
+pub mod pods;
+pub mod replicaset;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bramble_common::Kind;
+use serde_json::Value;
+
+use crate::store::StoreError;
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControllerError {
+    /// A store read or write failed (a conflict means the object changed:
+    /// the next reconcile sees the new one).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored object cannot be read as its kind.
+    #[error("{object}: cannot be read: {reason}")]
+    Malformed {
+        /// The object.
+        object: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ControllerError {
+    /// True for a write that lost a race (409): retried at once, not logged
+    /// as a failure.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ControllerError::Store(StoreError::Conflict { .. }))
+    }
+}
+
+/// Records Events on behalf of the controllers.
+#[derive(Clone, Default)]
+pub struct Events {
+    _private: (),
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    /// A `Normal` event from `component` about `object`.
+    pub fn normal(
+        &self,
+        component: &str,
+        object: &Value,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        let message = message.into();
+        tracing::debug!(component, object = %describe(object), reason, %message, "event");
+    }
+
+    /// A `Warning` event from `component` about `object`.
+    pub fn warning(
+        &self,
+        component: &str,
+        object: &Value,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        let message = message.into();
+        tracing::info!(component, object = %describe(object), reason, %message, "warning event");
+    }
+}
+
+fn describe(object: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        object["kind"].as_str().unwrap_or(""),
+        object["metadata"]["namespace"].as_str().unwrap_or(""),
+        object["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+/// An RFC 3339 time as seconds since the epoch.
+pub fn parse_time(value: &Value) -> Option<i64> {
+    value
+        .as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second())
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// `seconds` since the epoch as Kubernetes writes times (RFC 3339, UTC,
+/// whole seconds).
+pub fn format_time(seconds: i64) -> String {
+    jiff::Timestamp::from_second(seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// `metadata.labels` of a JSON object.
+pub fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    object["metadata"]["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The owner reference a controller puts on what it creates
+/// (`controller: true`, `blockOwnerDeletion: true`).
+pub fn controller_ref(owner: &Value) -> Value {
+    serde_json::json!({
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// The uid of the owner reference with `controller: true` of `object`.
+pub fn controller_uid(object: &Value) -> Option<&str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .and_then(|r| r["uid"].as_str())
+}
+
+/// Tuning of every controller. `Default` is what the master uses.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerOptions {
+    /// The loop settings of each controller.
+    pub loop_options: runtime::LoopOptions,
+}
+
+/// Starts every controller on one shared cache and runs them until
+/// `shutdown`.
+pub async fn run<F, Fut>(
+    store: crate::store::Store,
+    events: Events,
+    options: ControllerOptions,
+    shutdown: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let kinds = [Kind::Pod, Kind::ReplicaSet, Kind::Deployment];
+    let (cache, feeder) = cache::Cache::new(&kinds);
+    let loop_options = options.loop_options.clone();
+    let termination = runtime::Controller::new(
+        Arc::new(pod_termination::PodTermination::new(
+            store.clone(),
+            cache.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let replicasets = runtime::Controller::new(
+        Arc::new(replicaset::ReplicaSetController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let deployments = runtime::Controller::new(
+        Arc::new(deployment::DeploymentController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let subscribers = vec![
+        termination.subscriber(),
+        replicasets.subscriber(),
+        deployments.subscriber(),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(termination.run(cache.clone(), shutdown()));
+    tasks.spawn(replicasets.run(cache.clone(), shutdown()));
+    tasks.spawn(deployments.run(cache.clone(), shutdown()));
+    tasks.spawn(feeder.run(store, subscribers, shutdown()));
+    while tasks.join_next().await.is_some() {}
+}

@@ -5,12 +5,15 @@
 //! This controller then deletes the object, as kubelet does in Kubernetes.
 //! A pod whose node never reports (the device is gone) stays `Terminating`
 //! until it is deleted with `--grace-period=0 --force`, as in Kubernetes.
-
-use std::future::Future;
+//! A level-triggered reconcile on the shared runtime: every pod change that
+//! leaves a pod stopped and deleting queues it.
 
 use bramble_common::Kind;
 use serde_json::Value;
 
+use super::cache::{Cache, Change, PodInfo};
+use super::runtime::{Action, Reconciler};
+use super::ControllerError;
 use crate::store::{ObjectKey, Precondition, Store, StoreError};
 
 /// True for a pod that is being deleted and that its node has stopped.
@@ -23,65 +26,58 @@ pub fn is_stopped_and_deleting(pod: &Value) -> bool {
     deleting && stopped
 }
 
-fn key_of(pod: &Value) -> ObjectKey {
-    ObjectKey {
-        kind: Kind::Pod,
-        namespace: pod["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("")
-            .to_string(),
-        name: pod["metadata"]["name"].as_str().unwrap_or("").to_string(),
+/// The pod-termination controller: a [`Reconciler`] of pods that are
+/// being deleted and that their node has stopped.
+pub struct PodTermination {
+    store: Store,
+    cache: Cache,
+}
+
+impl PodTermination {
+    /// The controller over `store`, reading `cache`.
+    pub fn new(store: Store, cache: Cache) -> PodTermination {
+        PodTermination { store, cache }
     }
 }
 
-/// Delete `pod` (this very pod: same UID) when its node has stopped it.
-async fn finish(store: &Store, pod: &Value) {
-    if !is_stopped_and_deleting(pod) {
-        return;
+fn stopped_and_deleting(pod: &PodInfo) -> bool {
+    pod.deleting.is_some() && matches!(pod.phase.as_str(), "Succeeded" | "Failed")
+}
+
+impl Reconciler for PodTermination {
+    fn name(&self) -> &'static str {
+        "pod-termination-controller"
     }
-    let key = key_of(pod);
-    let precondition = Precondition {
-        uid: pod["metadata"]["uid"].as_str().map(str::to_string),
-        ..Precondition::default()
-    };
-    match store.delete(&key, precondition).await {
-        Ok(_) => tracing::debug!(pod = %key, "pod stopped by its node: deleted"),
-        Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
-        Err(error) => {
-            tracing::warn!(pod = %key, %error, "cannot delete a stopped pod; retrying on its next change")
+
+    fn primary(&self) -> Kind {
+        Kind::Pod
+    }
+
+    fn keys_for(&self, change: &Change, _cache: &Cache) -> Vec<ObjectKey> {
+        match change.new.as_ref().and_then(|c| c.pod()) {
+            Some(pod) if stopped_and_deleting(pod) => vec![change.key.clone()],
+            _ => Vec::new(),
         }
     }
-}
 
-/// Run until `shutdown`: list once, then follow the pods' changes (listing
-/// again whenever the watch ends).
-pub async fn run(store: Store, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let revision = store.current_revision();
-        let mut watch = match store.watch(Some(Kind::Pod), None, revision) {
-            Ok(watch) => watch,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch pods; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                    () = &mut shutdown => return,
-                }
-            }
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Action, ControllerError> {
+        let Some(pod) = self.cache.pod(&key.namespace, &key.name) else {
+            return Ok(Action::AwaitChange);
         };
-        if let Ok((pods, _)) = store.list(Kind::Pod, None).await {
-            for pod in pods.iter().filter(|p| is_stopped_and_deleting(p)) {
-                finish(&store, pod).await;
-            }
+        if !stopped_and_deleting(&pod) {
+            return Ok(Action::AwaitChange);
         }
-        loop {
-            let event = tokio::select! {
-                event = watch.next() => event,
-                () = &mut shutdown => return,
-            };
-            let Some(event) = event else { break };
-            finish(&store, &event.object).await;
+        // This very pod (same UID): a new pod of the same name is not ours.
+        match self
+            .store
+            .delete(key, Precondition::uid(pod.uid.clone()))
+            .await
+        {
+            Ok(_) => tracing::debug!(pod = %key, "pod stopped by its node: deleted"),
+            Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+            Err(error) => return Err(error.into()),
         }
+        Ok(Action::AwaitChange)
     }
 }
 
