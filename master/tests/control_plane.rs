@@ -6,34 +6,12 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{fails, fixture, ok, stderr, stdout, Master};
+use support::{curl, fails, fixture, ok, stderr, stdout, token_of, Master};
 
 fn new_master() -> (tempfile::TempDir, Master) {
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::start(&dir.path().join("data"), &[]);
     (dir, master)
-}
-
-fn token_of(master: &Master) -> String {
-    let text = std::fs::read_to_string(&master.kubeconfig).expect("kubeconfig");
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .expect("token")
-        .to_string()
-}
-
-fn curl(master: &Master, args: &[&str]) -> (u16, String) {
-    let ca = master.data_dir.join("pki/ca.crt");
-    let out = Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(&ca)
-        .args(["-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl is needed by this test (apt-get install curl)");
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').expect("code line");
-    (code.trim().parse().expect("http code"), body.to_string())
 }
 
 #[test]

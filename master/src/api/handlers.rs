@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::request::{ResourceTarget, Subresource};
-use super::{json_response, patch, selectors, watch, ApiState};
+use super::{json_response, patch, protobuf, selectors, watch, ApiState};
 use crate::store::{DeleteOutcome, ObjectKey, Precondition, StoreError};
 
 /// How many times a patch is retried when the object changes underneath it.
@@ -70,7 +70,9 @@ pub async fn resource(
         (&Method::PATCH, Some(name), sub) => {
             patch_object(state, &target, name, sub, &query, &headers, &body).await
         }
-        (&Method::DELETE, Some(name), None) => delete(state, &target, name, &query, &body).await,
+        (&Method::DELETE, Some(name), None) => {
+            delete(state, &target, name, &query, &headers, &body).await
+        }
         _ => Err(ApiError::method_not_allowed(method.as_str(), &path)),
     }
 }
@@ -195,7 +197,7 @@ fn object_response(code: StatusCode, object: &Value, kind: Kind, headers: &Heade
             .to_string();
         return json_response(code, &table::to_table(kind, &[object], &rv, now_unix()));
     }
-    json_response(code, object)
+    super::negotiated_response(code, object, headers)
 }
 
 /// Seconds since the epoch, for ages in tables.
@@ -203,7 +205,7 @@ pub fn now_unix() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+fn parse_body(headers: &HeaderMap, body: &[u8], kind: Kind) -> Result<Value, ApiError> {
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -223,13 +225,13 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     } else if content_type.contains("json") {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
-    } else if content_type.contains("protobuf") {
-        Err(ApiError::unsupported_media_type(
-            "protobuf is not supported by bramble; send application/json",
-        ))
+    } else if protobuf::is_protobuf_body(headers) {
+        protobuf::decode_envelope(body, Some((kind.api_version(), kind.name())))
+            .map(|(_, object)| object)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
     } else {
         Err(ApiError::unsupported_media_type(format!(
-            "unsupported content type {content_type:?}; send application/json"
+            "unsupported content type {content_type:?}; send application/json or application/vnd.kubernetes.protobuf"
         )))
     }
 }
@@ -320,7 +322,7 @@ async fn create(
             target.kind.info().plural
         )));
     }
-    let object = admit(target, parse_body(headers, body)?)?;
+    let object = admit(target, parse_body(headers, body, target.kind)?)?;
     ensure_namespace_exists(state, target).await?;
     let name = object.metadata().name.clone().unwrap_or_default();
     let key = object_key(target, &name);
@@ -410,7 +412,7 @@ async fn update(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let incoming = parse_body(headers, body)?;
+    let incoming = parse_body(headers, body, target.kind)?;
     let precondition = precondition_from(&incoming)?;
     let object = admit(target, incoming)?;
     check_name(name, &object)?;
@@ -526,6 +528,7 @@ async fn delete(
     target: &ResourceTarget,
     name: &str,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let mut precondition = Precondition::default();
@@ -536,8 +539,15 @@ async fn delete(
         None => None,
     };
     if !body.is_empty() {
-        let options: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("DeleteOptions are not valid JSON: {e}")))?;
+        let options: Value = if protobuf::is_protobuf_body(headers) {
+            protobuf::decode_envelope(body, Some(("meta.k8s.io/v1", "DeleteOptions")))
+                .map(|(_, options)| options)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("DeleteOptions are not valid JSON: {e}"))
+            })?
+        };
         if let Some(grace) = options.get("gracePeriodSeconds").filter(|v| !v.is_null()) {
             grace_seconds = Some(grace.as_i64().ok_or_else(|| {
                 ApiError::bad_request(format!("gracePeriodSeconds: {grace} is not a whole number"))
@@ -561,7 +571,11 @@ async fn delete(
             .get(&key)
             .await?
             .ok_or_else(|| ApiError::not_found(target.kind, name))?;
-        return Ok(json_response(StatusCode::OK, &current));
+        return Ok(super::negotiated_response(
+            StatusCode::OK,
+            &current,
+            headers,
+        ));
     }
     if target.kind == Kind::Pod {
         let stored = state
@@ -579,14 +593,20 @@ async fn delete(
                 .await?
             {
                 DeleteOutcome::Deleted(object) | DeleteOutcome::Finalizing(object) => {
-                    Ok(json_response(StatusCode::OK, &object))
+                    Ok(super::negotiated_response(StatusCode::OK, &object, headers))
                 }
             };
         }
     }
     match state.store.delete(&key, precondition).await? {
-        DeleteOutcome::Deleted(object) => Ok(json_response(StatusCode::OK, &object)),
-        DeleteOutcome::Finalizing(object) => Ok(json_response(StatusCode::ACCEPTED, &object)),
+        DeleteOutcome::Deleted(object) => {
+            Ok(super::negotiated_response(StatusCode::OK, &object, headers))
+        }
+        DeleteOutcome::Finalizing(object) => Ok(super::negotiated_response(
+            StatusCode::ACCEPTED,
+            &object,
+            headers,
+        )),
     }
 }
 
@@ -669,7 +689,7 @@ async fn list(
         "metadata": {"resourceVersion": rv},
         "items": items,
     });
-    Ok(json_response(StatusCode::OK, &list))
+    Ok(super::negotiated_response(StatusCode::OK, &list, headers))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod pod_cidr;
+pub mod protobuf;
 pub mod request;
 pub mod scale;
 pub mod selectors;
@@ -91,6 +92,30 @@ async fn dispatch(State(state): State<Arc<ApiState>>, request: Request<Body>) ->
         Route::Resource(target) => handlers::resource(&state, target, request).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An object answered in the format the request's `Accept` negotiates
+/// (JSON unless protobuf comes first). An object with no protobuf type is
+/// answered in JSON, which every client decodes by its `Content-Type`.
+pub fn negotiated_response(
+    code: StatusCode,
+    value: &serde_json::Value,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    if protobuf::negotiate(headers) == protobuf::Format::Protobuf {
+        match protobuf::encode_object(value) {
+            Ok(body) => {
+                return (
+                    code,
+                    [(axum::http::header::CONTENT_TYPE, protobuf::MEDIA_TYPE)],
+                    body,
+                )
+                    .into_response()
+            }
+            Err(e) => tracing::debug!(error = %e, "answering in JSON"),
+        }
+    }
+    json_response(code, value)
 }
 
 /// A JSON response with the given code.

@@ -47,6 +47,8 @@ pub async fn serve(
     let kind = target.kind;
     let filter = Filter::from_query(kind, query)?;
     let as_table = wants_table(headers);
+    let as_protobuf =
+        !as_table && super::protobuf::negotiate(headers) == super::protobuf::Format::Protobuf;
     let timeout = match query.get("timeoutSeconds").filter(|s| !s.is_empty()) {
         Some(s) => Duration::from_secs(s.parse().map_err(|_| {
             ApiError::bad_request(format!(
@@ -83,6 +85,14 @@ pub async fn serve(
                     .to_string();
                 table::to_table(kind, &[object], &rv, now_unix())
             } else {
+                if as_protobuf {
+                    match super::protobuf::watch_frame(event_type, object) {
+                        Ok(frame) => return Bytes::from(frame),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot encode a watch event as protobuf")
+                        }
+                    }
+                }
                 object.clone()
             };
             let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object}))
@@ -109,9 +119,13 @@ pub async fn serve(
                             "Expired",
                             "the watch fell further behind than the event log reaches: list again and watch from the list's resourceVersion",
                         );
-                        let line = serde_json::to_value(&status)
-                            .map(|object| render_error(&object))
-                            .unwrap_or_default();
+                        let line = match serde_json::to_value(&status) {
+                            Ok(object) if as_protobuf => super::protobuf::watch_frame("ERROR", &object)
+                                .map(Bytes::from)
+                                .unwrap_or_default(),
+                            Ok(object) => render_error(&object),
+                            Err(_) => Bytes::new(),
+                        };
                         let _ = tx.send(Ok(line)).await;
                         break;
                     };
@@ -129,7 +143,14 @@ pub async fn serve(
     });
     Ok((
         StatusCode::OK,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            if as_protobuf {
+                super::protobuf::WATCH_MEDIA_TYPE
+            } else {
+                "application/json"
+            },
+        )],
         Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())

@@ -166,6 +166,30 @@ impl Drop for Master {
     }
 }
 
+/// Run curl against the master (trusting its CA); `(HTTP code, body)`.
+pub fn curl(master: &Master, args: &[&str]) -> (u16, String) {
+    let ca = master.data_dir.join("pki/ca.crt");
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args(["-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is needed by this test (apt-get install curl)");
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').expect("code line");
+    (code.trim().parse().expect("http code"), body.to_string())
+}
+
+/// The admin bearer token from the master's kubeconfig.
+pub fn token_of(master: &Master) -> String {
+    let text = std::fs::read_to_string(&master.kubeconfig).expect("kubeconfig");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("token")
+        .to_string()
+}
+
 /// Run `bramble` with a kubeconfig and optional stdin.
 pub fn run_bramble(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(bramble_bin())
