@@ -43,18 +43,7 @@ pub fn apply_defaults(object: &mut AnyObject) {
             strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
             pod_spec_defaults(&mut ds.spec.template.spec);
         }
-        AnyObject::Service(svc) => {
-            svc.spec.type_.get_or_insert_with(|| "ClusterIP".into());
-            svc.spec
-                .session_affinity
-                .get_or_insert_with(|| "None".into());
-            for port in &mut svc.spec.ports {
-                port.protocol.get_or_insert_with(|| "TCP".into());
-                if port.target_port.is_none() {
-                    port.target_port = Some(crate::meta::IntOrString::Int(port.port));
-                }
-            }
-        }
+        AnyObject::Service(svc) => service_defaults(svc),
         AnyObject::Secret(secret) => {
             secret.type_.get_or_insert_with(|| "Opaque".into());
             let engine = base64::engine::general_purpose::STANDARD;
@@ -67,6 +56,20 @@ pub fn apply_defaults(object: &mut AnyObject) {
             status.phase.get_or_insert_with(|| "Active".into());
         }
         AnyObject::Node(_) | AnyObject::ConfigMap(_) | AnyObject::Event(_) => {}
+        AnyObject::EndpointSlice(slice) => {
+            for port in &mut slice.ports {
+                port.protocol.get_or_insert_with(|| "TCP".into());
+            }
+        }
+        AnyObject::Endpoints(endpoints) => {
+            for port in endpoints
+                .subsets
+                .iter_mut()
+                .flat_map(|s| s.ports.iter_mut())
+            {
+                port.protocol.get_or_insert_with(|| "TCP".into());
+            }
+        }
     }
 }
 
@@ -101,6 +104,60 @@ pub fn default_toleration_seconds(spec: &mut PodSpec) {
             });
         }
     }
+}
+
+/// A Service's defaults as a single-stack IPv4 Kubernetes sets them (the
+/// address itself comes from the master's allocator).
+fn service_defaults(svc: &mut crate::api::Service) {
+    let spec = &mut svc.spec;
+    let type_ = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    spec.session_affinity.get_or_insert_with(|| "None".into());
+    if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let config = spec
+            .session_affinity_config
+            .get_or_insert_with(Default::default);
+        let client_ip = config.client_ip.get_or_insert_with(Default::default);
+        client_ip.timeout_seconds.get_or_insert(10800);
+    }
+    for port in &mut spec.ports {
+        port.protocol.get_or_insert_with(|| "TCP".into());
+        if port.target_port.is_none() {
+            port.target_port = Some(crate::meta::IntOrString::Int(port.port));
+        }
+    }
+    if type_ != "ExternalName" {
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+        if spec.ip_family_policy.is_none() {
+            let headless_without_selector =
+                spec.cluster_ip.as_deref() == Some("None") && spec.selector.is_empty();
+            spec.ip_family_policy = Some(
+                if headless_without_selector {
+                    "RequireDualStack"
+                } else {
+                    "SingleStack"
+                }
+                .into(),
+            );
+        }
+        if spec.ip_families.is_empty() {
+            spec.ip_families = vec!["IPv4".into()];
+        }
+    }
+    if matches!(type_.as_str(), "NodePort" | "LoadBalancer") {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+    if type_ == "LoadBalancer" {
+        spec.allocate_load_balancer_node_ports.get_or_insert(true);
+    }
+    if let Some(ip) = spec.cluster_ip.clone().filter(|ip| !ip.is_empty()) {
+        if spec.cluster_ips.is_empty() {
+            spec.cluster_ips = vec![ip];
+        }
+    }
+    let status = svc.status.get_or_insert_with(Default::default);
+    status.load_balancer.get_or_insert_with(Default::default);
 }
 
 fn container_defaults(container: &mut Container) {

@@ -30,6 +30,10 @@ pub enum Kind {
     ReplicaSet,
     /// `apps/v1/DaemonSet`
     DaemonSet,
+    /// `discovery.k8s.io/v1/EndpointSlice`
+    EndpointSlice,
+    /// `v1/Endpoints`
+    Endpoints,
 }
 
 /// Static facts about a [`Kind`].
@@ -54,7 +58,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
 }
 
-const ALL: [Kind; 10] = [
+const ALL: [Kind; 12] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Pod,
@@ -65,6 +69,8 @@ const ALL: [Kind; 10] = [
     Kind::Deployment,
     Kind::ReplicaSet,
     Kind::DaemonSet,
+    Kind::EndpointSlice,
+    Kind::Endpoints,
 ];
 
 impl Kind {
@@ -122,6 +128,15 @@ impl Kind {
                 ["rs"]
             ),
             Kind::DaemonSet => info!("DaemonSet", "apps", "daemonsets", "daemonset", true, ["ds"]),
+            Kind::EndpointSlice => info!(
+                "EndpointSlice",
+                "discovery.k8s.io",
+                "endpointslices",
+                "endpointslice",
+                true,
+                []
+            ),
+            Kind::Endpoints => info!("Endpoints", "", "endpoints", "endpoints", true, ["ep"]),
         }
     }
 
@@ -203,6 +218,8 @@ pub enum AnyObject {
     Deployment(Deployment),
     ReplicaSet(ReplicaSet),
     DaemonSet(DaemonSet),
+    EndpointSlice(EndpointSlice),
+    Endpoints(Endpoints),
 }
 
 macro_rules! each_variant {
@@ -218,6 +235,8 @@ macro_rules! each_variant {
             AnyObject::Deployment($obj) => $body,
             AnyObject::ReplicaSet($obj) => $body,
             AnyObject::DaemonSet($obj) => $body,
+            AnyObject::EndpointSlice($obj) => $body,
+            AnyObject::Endpoints($obj) => $body,
         }
     };
 }
@@ -244,6 +263,8 @@ impl AnyObject {
             Kind::Deployment => AnyObject::Deployment(de(value)?),
             Kind::ReplicaSet => AnyObject::ReplicaSet(de(value)?),
             Kind::DaemonSet => AnyObject::DaemonSet(de(value)?),
+            Kind::EndpointSlice => AnyObject::EndpointSlice(de(value)?),
+            Kind::Endpoints => AnyObject::Endpoints(de(value)?),
         })
     }
 
@@ -265,6 +286,8 @@ impl AnyObject {
             AnyObject::Deployment(_) => Kind::Deployment,
             AnyObject::ReplicaSet(_) => Kind::ReplicaSet,
             AnyObject::DaemonSet(_) => Kind::DaemonSet,
+            AnyObject::EndpointSlice(_) => Kind::EndpointSlice,
+            AnyObject::Endpoints(_) => Kind::Endpoints,
         }
     }
 
@@ -305,5 +328,14 @@ mod tests {
         assert_eq!(Kind::from_api_version_kind("v1", "Deployment"), None);
         assert_eq!(Kind::from_group_plural("", "pods"), Some(Kind::Pod));
         assert!(Kind::supported_list().contains("apps/v1/DaemonSet"));
+        assert_eq!(
+            Kind::from_api_version_kind("discovery.k8s.io/v1", "EndpointSlice"),
+            Some(Kind::EndpointSlice)
+        );
+        assert_eq!(
+            Kind::from_cli_name("endpointslices.discovery.k8s.io"),
+            Some(Kind::EndpointSlice)
+        );
+        assert_eq!(Kind::from_cli_name("ep"), Some(Kind::Endpoints));
     }
 }

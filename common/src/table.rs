@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 use crate::Kind;
 
+mod discovery;
+
 /// A column of a table.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
@@ -78,9 +80,17 @@ pub fn columns(kind: Kind) -> Vec<Column> {
         Kind::Namespace => vec![name, col("Status", 0, "The namespace's phase."), age],
         Kind::Service => vec![
             name,
-            col("Type", 0, "ClusterIP or NodePort."),
+            col(
+                "Type",
+                0,
+                "ClusterIP, NodePort, LoadBalancer or ExternalName.",
+            ),
             col("Cluster-IP", 0, "The service's virtual IP."),
-            col("External-IP", 0, "Not used by bramble."),
+            col(
+                "External-IP",
+                0,
+                "The load balancer's addresses or the external name.",
+            ),
             col("Port(s)", 0, "The service's ports."),
             age,
             col("Selector", 1, "The labels of the pods behind the service."),
@@ -132,6 +142,8 @@ pub fn columns(kind: Kind) -> Vec<Column> {
             col("Images", 1, "Container images."),
             col("Selector", 1, "The pod selector."),
         ],
+        Kind::Endpoints => discovery::endpoints_columns(name, age),
+        Kind::EndpointSlice => discovery::endpoint_slice_columns(name, age),
     }
 }
 
@@ -472,7 +484,7 @@ fn cells(kind: Kind, o: &Value, now: i64) -> Vec<Value> {
                 name,
                 json!(type_),
                 json!(or_none(s(&spec["clusterIP"]).to_string())),
-                json!("<none>"),
+                json!(discovery::service_external_ip(o)),
                 json!(or_none(ports.join(","))),
                 age,
                 json!(labels_text(&spec["selector"])),
@@ -553,6 +565,11 @@ fn cells(kind: Kind, o: &Value, now: i64) -> Vec<Value> {
                 json!(images),
                 json!(label_selector_text(&spec["selector"])),
             ]
+        }
+        Kind::Endpoints => vec![name, json!(discovery::endpoints_cell(o)), age],
+        Kind::EndpointSlice => {
+            let [address_type, ports, endpoints] = discovery::endpoint_slice_cells(o);
+            vec![name, address_type, ports, endpoints, age]
         }
     }
 }

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -35,6 +35,8 @@ use crate::kinds::AnyObject;
 use crate::meta::{IntOrString, LabelSelector, ObjectMeta, StatusCause};
 use crate::quantity::Quantity;
 use crate::Kind;
+
+pub mod services;
 
 /// One problem with one field of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1492,6 +1494,7 @@ fn validate_pod_spec(spec: &PodSpec, path: &str, template: bool, errs: &mut Erro
             is_dns1123_label(hostname),
         );
     }
+    services::validate_pod_dns(spec, path, errs);
     if let Some(scheduler) = spec.scheduler_name.as_deref().filter(|n| !n.is_empty()) {
         errs.invalid_each(
             &child(path, "schedulerName"),
@@ -1692,125 +1695,6 @@ fn validate_daemon_set(spec: &DaemonSetSpec, errs: &mut Errors) {
 // Service, ConfigMap, Secret, Node, Event
 // ---------------------------------------------------------------------------
 
-fn validate_service(spec: &ServiceSpec, errs: &mut Errors) {
-    let service_type = spec
-        .type_
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .unwrap_or("ClusterIP");
-    errs.one_of(
-        "spec.type".into(),
-        spec.type_.as_ref(),
-        &["ClusterIP", "NodePort"],
-    );
-    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
-    let headless = cluster_ip == "None";
-    if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<Ipv4Addr>().is_err() {
-        errs.invalid(
-            "spec.clusterIP".into(),
-            cluster_ip,
-            "must be a valid IPv4 address (e.g. 10.96.0.10), `None` for a headless service, or empty to allocate one",
-        );
-    }
-    if headless && service_type == "NodePort" {
-        errs.invalid(
-            "spec.clusterIP".into(),
-            cluster_ip,
-            "may not be set to 'None' for NodePort services",
-        );
-    }
-    for (i, ip) in spec.cluster_ips.iter().enumerate() {
-        if ip != "None" && ip.parse::<Ipv4Addr>().is_err() {
-            errs.invalid(
-                index("spec.clusterIPs", i),
-                ip,
-                "must be a valid IPv4 address",
-            );
-        }
-    }
-    if let Some(first) = spec.cluster_ips.first() {
-        if !cluster_ip.is_empty() && first != cluster_ip {
-            errs.invalid(
-                index("spec.clusterIPs", 0),
-                first,
-                "must match `clusterIP` when present",
-            );
-        }
-    }
-    if spec.ports.is_empty() && !headless {
-        errs.required("spec.ports".into());
-    }
-    let mut names = BTreeSet::new();
-    let mut ports = BTreeSet::new();
-    let mut node_ports = BTreeSet::new();
-    for (i, port) in spec.ports.iter().enumerate() {
-        let port_path = index("spec.ports", i);
-        match port.name.as_deref().filter(|n| !n.is_empty()) {
-            None => {
-                if spec.ports.len() > 1 {
-                    errs.required(child(&port_path, "name"));
-                }
-            }
-            Some(name) => {
-                let messages = is_dns1123_label(name);
-                if !messages.is_empty() {
-                    errs.invalid_each(&child(&port_path, "name"), name, messages);
-                } else if !names.insert(name.to_string()) {
-                    errs.push(FieldError::duplicate(child(&port_path, "name"), name));
-                }
-            }
-        }
-        let protocol = port
-            .protocol
-            .as_deref()
-            .filter(|p| !p.is_empty())
-            .unwrap_or("TCP");
-        errs.one_of(
-            child(&port_path, "protocol"),
-            port.protocol.as_ref(),
-            &PROTOCOLS,
-        );
-        if let Some(msg) = port_number_error(port.port) {
-            errs.invalid(child(&port_path, "port"), port.port, msg);
-        } else if !ports.insert((port.port, protocol.to_string())) {
-            errs.push(FieldError::duplicate(
-                port_path.clone(),
-                format!("{}/{protocol}", port.port),
-            ));
-        }
-        match &port.target_port {
-            None | Some(IntOrString::Int(0)) => {}
-            Some(IntOrString::String(s)) if s.is_empty() => {}
-            Some(target) => {
-                validate_port_num_or_name(target, child(&port_path, "targetPort"), errs)
-            }
-        }
-        if let Some(node_port) = port.node_port.filter(|&p| p != 0) {
-            let np_path = child(&port_path, "nodePort");
-            if service_type != "NodePort" {
-                errs.forbidden(
-                    np_path,
-                    format!("may not be used when `type` is '{service_type}'"),
-                );
-            } else if !(30000..=32767).contains(&node_port) {
-                errs.invalid(
-                    np_path,
-                    node_port,
-                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
-                );
-            } else if !node_ports.insert((node_port, protocol.to_string())) {
-                errs.push(FieldError::duplicate(np_path, node_port));
-            }
-        }
-    }
-    validate_labels(&spec.selector, "spec.selector", errs);
-    errs.one_of(
-        "spec.sessionAffinity".into(),
-        spec.session_affinity.as_ref(),
-        &["ClientIP", "None"],
-    );
-}
-
 /// Go's `StdEncoding`: standard alphabet, `=` padding required, line breaks
 /// ignored, non-zero trailing bits tolerated.
 fn decode_base64(value: &str) -> Result<Vec<u8>, String> {
@@ -1962,13 +1846,15 @@ pub fn validate(obj: &AnyObject) -> Vec<FieldError> {
         AnyObject::Namespace(_) => {}
         AnyObject::Node(node) => validate_node(&node.spec, &mut errs),
         AnyObject::Pod(pod) => validate_pod_spec(&pod.spec, "spec", false, &mut errs),
-        AnyObject::Service(service) => validate_service(&service.spec, &mut errs),
+        AnyObject::Service(service) => services::validate_service(&service.spec, &mut errs),
         AnyObject::ConfigMap(cm) => validate_config_map(cm, &mut errs),
         AnyObject::Secret(secret) => validate_secret(secret, &mut errs),
         AnyObject::Event(event) => validate_event(event, &mut errs),
         AnyObject::Deployment(d) => validate_deployment(&d.spec, &mut errs),
         AnyObject::ReplicaSet(rs) => validate_replica_set(&rs.spec, &mut errs),
         AnyObject::DaemonSet(ds) => validate_daemon_set(&ds.spec, &mut errs),
+        AnyObject::EndpointSlice(slice) => services::validate_endpoint_slice(slice, &mut errs),
+        AnyObject::Endpoints(endpoints) => services::validate_endpoints(endpoints, &mut errs),
     }
     errs.0
 }
@@ -2049,11 +1935,12 @@ pub fn validate_update(old: &AnyObject, new: &AnyObject) -> Vec<FieldError> {
             }
         }
         (AnyObject::Service(old), AnyObject::Service(new)) => {
-            let old_ip = old.spec.cluster_ip.as_deref().unwrap_or("");
-            let new_ip = new.spec.cluster_ip.as_deref().unwrap_or("");
-            if !old_ip.is_empty() && !new_ip.is_empty() && old_ip != new_ip {
-                errs.invalid("spec.clusterIP".into(), new_ip, IMMUTABLE);
-            }
+            services::validate_service_update(&old.spec, &new.spec, &mut errs)
+        }
+        (AnyObject::EndpointSlice(old), AnyObject::EndpointSlice(new))
+            if old.address_type != new.address_type =>
+        {
+            errs.invalid("addressType".into(), &new.address_type, IMMUTABLE);
         }
         (AnyObject::Node(old), AnyObject::Node(new)) => {
             let old_cidr = old.spec.pod_cidr.as_deref().unwrap_or("");
@@ -2832,8 +2719,31 @@ mod tests {
             service(json!({})),
             vec!["spec.ports: Required value".to_string()]
         );
-        assert_eq!(service(json!({"type": "LoadBalancer", "ports": [{"port": 80}]})), vec!["spec.type: Unsupported value: \"LoadBalancer\": supported values: \"ClusterIP\", \"NodePort\"".to_string()]);
-        assert_eq!(service(json!({"type": "ExternalName", "ports": [{"port": 80}]})), vec!["spec.type: Unsupported value: \"ExternalName\": supported values: \"ClusterIP\", \"NodePort\"".to_string()]);
+        assert!(service(json!({"type": "LoadBalancer", "ports": [{"port": 80}]})).is_empty());
+        assert_eq!(service(json!({"type": "Balanced", "ports": [{"port": 80}]})), vec!["spec.type: Unsupported value: \"Balanced\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"".to_string()]);
+        assert!(
+            service(json!({"type": "ExternalName", "externalName": "db.example.com."})).is_empty()
+        );
+        assert_eq!(
+            service(json!({"type": "ExternalName"})),
+            vec!["spec.externalName: Required value".to_string()]
+        );
+        assert_has_prefix(
+            &service(json!({"type": "ExternalName", "externalName": "not a name"})),
+            "spec.externalName: Invalid value: \"not a name\": a lowercase RFC 1123 subdomain",
+        );
+        assert_has(
+            &service(json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 90000}}})),
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 90000: must be greater than 0 and less than 86400",
+        );
+        assert_has(
+            &service(json!({"ports": [{"port": 80}], "externalTrafficPolicy": "Local"})),
+            "spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+        );
+        assert_has(
+            &service(json!({"ports": [{"port": 80}], "ipFamilies": ["IPv6"]})),
+            "spec.ipFamilies[0]: Invalid value: \"IPv6\": not configured on this cluster (bramble is single-stack IPv4)",
+        );
 
         let errors = service(json!({
             "clusterIP": "10.96.0.300",
@@ -2870,7 +2780,11 @@ mod tests {
             json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80, "nodePort": 8080}]}),
         );
         assert_has(&errors, "spec.clusterIP: Invalid value: \"None\": may not be set to 'None' for NodePort services");
-        assert_has(&errors, "spec.ports[0].nodePort: Invalid value: 8080: provided port is not in the valid range. The range of valid ports is 30000-32767");
+        assert_eq!(
+            errors.len(),
+            1,
+            "the NodePort range is the master's to check: {errors:#?}"
+        );
     }
 
     #[test]

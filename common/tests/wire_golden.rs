@@ -23,8 +23,9 @@ use bramble_common::wire::{
     check_size, decode, encode, ConditionReport, ConfigData, ConfigKind, DecodeError, DesiredPod,
     EncodeError, Message, NodeConfig, NodeDesired, NodeEvent, NodeEvents, NodeFacts, NodeReport,
     NodeStatusReport, PeerNode, PodStatusReport, Presence, RpcBody, RpcCall, RpcRequest,
-    RpcResponse, HEADER_LEN, MAX_MESSAGE_BYTES, MAX_RPC_CHUNK_BYTES, MAX_SEGMENT_BYTES,
-    PROTOCOL_VERSION,
+    RpcResponse, ServiceShard, WireEndpoint, WireProtocol, WireService, WireServicePort,
+    WireServiceType, HEADER_LEN, MAX_MESSAGE_BYTES, MAX_RPC_CHUNK_BYTES, MAX_SEGMENT_BYTES,
+    PROTOCOL_VERSION, SERVICE_SHARDS,
 };
 
 // ---------------------------------------------------------------------------
@@ -307,6 +308,84 @@ fn events() -> Message {
     })
 }
 
+fn services() -> Message {
+    let endpoint = |address: &str, node: &str, ready: bool| WireEndpoint {
+        address: address.into(),
+        hostname: String::new(),
+        node: node.into(),
+        ready,
+        serving: ready,
+        terminating: false,
+        ports: vec![8080, 9090],
+    };
+    Message::Services(ServiceShard {
+        shard: 11,
+        shard_count: SERVICE_SHARDS,
+        revision: 4242,
+        services: vec![
+            WireService {
+                namespace: "default".into(),
+                name: "web".into(),
+                type_: WireServiceType::LoadBalancer,
+                cluster_ip: "10.96.14.7".into(),
+                external_name: String::new(),
+                ports: vec![
+                    WireServicePort {
+                        name: "http".into(),
+                        protocol: WireProtocol::Tcp,
+                        port: 80,
+                        node_port: 30080,
+                    },
+                    WireServicePort {
+                        name: "metrics".into(),
+                        protocol: WireProtocol::Udp,
+                        port: 9090,
+                        node_port: 0,
+                    },
+                ],
+                affinity_timeout_seconds: 10800,
+                internal_local: false,
+                external_local: true,
+                prefer_same_node: true,
+                load_balancer_ips: vec!["192.168.1.10".into(), "192.168.1.11".into()],
+                endpoints: vec![
+                    endpoint("10.244.1.5", "pi-1", true),
+                    endpoint("10.244.2.9", "pi-2", false),
+                ],
+            },
+            WireService {
+                namespace: "default".into(),
+                name: "db".into(),
+                type_: WireServiceType::Headless,
+                cluster_ip: String::new(),
+                external_name: String::new(),
+                ports: vec![],
+                affinity_timeout_seconds: 0,
+                internal_local: true,
+                external_local: false,
+                prefer_same_node: false,
+                load_balancer_ips: vec![],
+                endpoints: vec![WireEndpoint {
+                    address: "10.244.1.6".into(),
+                    hostname: "db-0".into(),
+                    node: "pi-1".into(),
+                    ready: true,
+                    serving: true,
+                    terminating: true,
+                    ports: vec![],
+                }],
+            },
+            WireService {
+                namespace: "shop".into(),
+                name: "payments".into(),
+                type_: WireServiceType::ExternalName,
+                external_name: "pay.example.com".into(),
+                ..WireService::default()
+            },
+        ],
+    })
+}
+
 /// Every golden sample: its file name (without `.bin`) and its message.
 fn samples() -> Vec<(&'static str, Message)> {
     vec![
@@ -319,6 +398,7 @@ fn samples() -> Vec<(&'static str, Message)> {
         ("rpc_response_log_chunk", rpc_response_log_chunk()),
         ("rpc_response_error", rpc_response_error()),
         ("events", events()),
+        ("services", services()),
     ]
 }
 
@@ -552,6 +632,7 @@ fn every_truncation_of_every_sample_is_an_error() {
 fn unknown_variants_are_malformed_not_panics() {
     let mut payload = header(PROTOCOL_VERSION);
     payload.push(100); // far past the last Message variant
+    payload.push(100); // a Message variant no release has
     assert!(matches!(decode(&payload), Err(DecodeError::Malformed(_))));
     let mut bad_bool = must_encode(&rpc_response_error());
     let last_flag = HEADER_LEN + 1 + 1 + 36 + 1; // variant, id length, id, seq

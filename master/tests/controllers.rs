@@ -198,6 +198,35 @@ fn the_docs_nginx_deployment_scales_rolls_out_and_rolls_back_with_kubectl() {
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["spec"]["replicas"], 5);
     assert_eq!(scale["status"]["selector"], "app=nginx");
+
+    // The controllers' actions are Events, as `kubectl describe` shows them.
+    let describe = wait_until("the scale-up event", Duration::from_secs(20), || {
+        let text = ok(master.kubectl(&["describe", "deployment", "nginx-deployment"]));
+        if text.contains(&format!("Scaled up replica set {rs_name} from 3 to 5")) {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    assert!(
+        describe.contains(&format!("Scaled up replica set {rs_name} from 0 to 3")),
+        "{describe}"
+    );
+    assert!(describe.contains("ScalingReplicaSet"), "{describe}");
+    wait_until(
+        "the replica set's SuccessfulCreate events",
+        Duration::from_secs(20),
+        || {
+            let text = ok(master.kubectl(&["describe", "rs", &rs_name]));
+            if text.contains("SuccessfulCreate")
+                && text.contains(&format!("Created pod: {rs_name}-"))
+            {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    );
     ok(master.kubectl(&["scale", "deployment/nginx-deployment", "--replicas=2"]));
     wait_pods(&master, "app=nginx", 2, "nginx:1.14.2");
     let refused = fails(master.kubectl(&["scale", "deployment/nginx-deployment", "--replicas=-1"]));

@@ -6,6 +6,7 @@
 
 mod apps;
 mod config;
+mod discovery;
 mod event;
 mod namespace;
 mod node;
@@ -14,6 +15,7 @@ mod service;
 
 pub use apps::*;
 pub use config::*;
+pub use discovery::*;
 pub use event::*;
 pub use namespace::*;
 pub use node::*;

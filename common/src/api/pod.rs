@@ -82,9 +82,45 @@ pub struct PodSpec {
     /// Hostname of the pod (defaults to the pod name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// Accepted for compatibility: `ClusterFirst`, `Default`, `None`, `ClusterFirstWithHostNet`.
+    /// `ClusterFirst` (default), `Default`, `None` or `ClusterFirstWithHostNet`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_policy: Option<String>,
+    /// With `hostname`, the pod's DNS name
+    /// `hostname.subdomain.namespace.svc.cluster.local` (a headless Service
+    /// named `subdomain` publishes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    /// Extra nameservers, search domains and options for `resolv.conf`
+    /// (the whole of it with `dnsPolicy: None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDnsConfig>,
+}
+
+/// A pod's DNS settings beside (or, with `dnsPolicy: None`, instead of) the
+/// ones its policy gives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDnsConfig {
+    /// Nameserver addresses (at most 3 in all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// Search domains (at most 32 in all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub searches: Vec<String>,
+    /// `options` of resolv.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<PodDnsConfigOption>,
+}
+
+/// One resolver option (`ndots:2`, `edns0`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodDnsConfigOption {
+    /// The option's name.
+    #[serde(default)]
+    pub name: String,
+    /// Its value, if it takes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A reference to an object in the same namespace by name.

@@ -33,7 +33,7 @@ super::impl_resource!(Service, Kind::Service);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
-    /// `ClusterIP` (default) or `NodePort`.
+    /// `ClusterIP` (default), `NodePort`, `LoadBalancer` or `ExternalName`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
     /// Pods with these labels back the service.
@@ -51,6 +51,57 @@ pub struct ServiceSpec {
     /// `None` or `ClientIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
+    /// The affinity's timeout (`clientIP.timeoutSeconds`, default 10800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// The DNS name an `ExternalName` Service is an alias (CNAME) of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
+    /// `IPv4` (bramble is single-stack IPv4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    /// `SingleStack` (bramble is single-stack IPv4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<String>,
+    /// `Cluster` (default) or `Local`: where traffic from inside the cluster
+    /// to the ClusterIP may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// `Cluster` (default) or `Local`: where traffic to a NodePort or load
+    /// balancer address may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    /// `PreferClose` or `PreferSameNode`: prefer endpoints on the client's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+    /// Endpoints of pods that are not ready are published too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_not_ready_addresses: Option<bool>,
+    /// Whether a `LoadBalancer` Service gets NodePorts (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocate_load_balancer_node_ports: Option<bool>,
+    /// The class of load balancer; bramble's ServiceLB serves Services
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+}
+
+/// Session affinity settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    /// ClientIP affinity.
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+/// ClientIP session affinity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// Seconds a client sticks to its endpoint (1..=86400, default 10800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
 }
 
 /// A port of a service.
@@ -69,12 +120,43 @@ pub struct ServicePort {
     /// Port on the pods (number or name; default `port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<IntOrString>,
-    /// Port on every node for `NodePort` services.
+    /// Port on every node for `NodePort` and `LoadBalancer` services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i64>,
+    /// The application protocol (`http`, `kubernetes.io/h2c`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
-/// Observed state of a service (load balancers are not supported; kept empty).
+/// Observed state of a service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ServiceStatus {}
+pub struct ServiceStatus {
+    /// The load balancer's addresses (`LoadBalancer` Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+/// The addresses of a load balancer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerStatus {
+    /// One entry per address (bramble's ServiceLB: the nodes' addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+/// One address of a load balancer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIngress {
+    /// An IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// A host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `VIP` (traffic arrives with the address as destination) or `Proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_mode: Option<String>,
+}

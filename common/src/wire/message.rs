@@ -38,6 +38,9 @@ pub enum Message {
     /// What happened on a node, for `kubectl get events` (agent -> master,
     /// on the node's report topic).
     Events(NodeEvents),
+    /// One shard of the cluster's Services and their endpoints (master ->
+    /// every agent, retained on `bramble/{cluster}/services/{shard}`).
+    Services(super::services::ServiceShard),
 }
 
 impl Message {
@@ -50,6 +53,7 @@ impl Message {
             Message::RpcRequest(_) => "rpc request",
             Message::RpcResponse(_) => "rpc response",
             Message::Events(_) => "events",
+            Message::Services(_) => "services",
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod codec;
 pub mod convert;
 pub mod message;
+pub mod services;
 pub mod topic;
 
 pub use backoff::{Backoff, DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF};
@@ -31,8 +32,12 @@ pub use message::{
     NodeEvent, NodeEvents, NodeFacts, NodeReport, NodeStatusReport, PeerNode, PodStatusReport,
     Presence, RpcBody, RpcCall, RpcRequest, RpcResponse,
 };
+pub use services::{
+    shard_of, ServiceShard, WireEndpoint, WireProtocol, WireService, WireServicePort,
+    WireServiceType, SERVICE_SHARDS,
+};
 pub use topic::{
     desired_topic, parse_topic, presence_filter, presence_topic, report_filter, report_topic,
-    rpc_request_topic, rpc_response_filter, rpc_response_topic, validate_segment, Topic,
-    TopicError, MAX_SEGMENT_BYTES, QOS, TOPIC_ROOT,
+    rpc_request_topic, rpc_response_filter, rpc_response_topic, services_filter, services_topic,
+    validate_segment, Topic, TopicError, MAX_SEGMENT_BYTES, QOS, TOPIC_ROOT,
 };

@@ -8,6 +8,7 @@
 //! | `bramble/{cluster}/nodes/{node}/presence` | agent and its last will | 1, retained | [`Message::Presence`] |
 //! | `bramble/{cluster}/nodes/{node}/rpc/req` | master -> agent | 1 | [`Message::RpcRequest`] |
 //! | `bramble/{cluster}/rpc/resp/{id}` | agent -> master | 1 | [`Message::RpcResponse`] |
+//! | `bramble/{cluster}/services/{shard}` | master -> every agent | 1, retained | [`Message::Services`] |
 //!
 //! Every variable segment (cluster, node, request ID) must be non-empty, at
 //! most [`MAX_SEGMENT_BYTES`] long, and free of `/`, the MQTT wildcards `+`
@@ -65,6 +66,13 @@ pub enum Topic {
         /// The request's ID.
         id: String,
     },
+    /// `bramble/{cluster}/services/{shard}`
+    Services {
+        /// The cluster's name.
+        cluster: String,
+        /// The shard (see [`crate::wire::services`]).
+        shard: u32,
+    },
 }
 
 /// A cluster name, node name or request ID that cannot be part of a topic.
@@ -116,7 +124,8 @@ impl Topic {
             | Topic::Report { cluster, .. }
             | Topic::Presence { cluster, .. }
             | Topic::RpcRequest { cluster, .. }
-            | Topic::RpcResponse { cluster, .. } => cluster,
+            | Topic::RpcResponse { cluster, .. }
+            | Topic::Services { cluster, .. } => cluster,
         }
     }
 
@@ -127,13 +136,17 @@ impl Topic {
             | Topic::Report { node, .. }
             | Topic::Presence { node, .. }
             | Topic::RpcRequest { node, .. } => Some(node),
-            Topic::RpcResponse { .. } => None,
+            Topic::RpcResponse { .. } | Topic::Services { .. } => None,
         }
     }
 
-    /// True for the topics published with the retain flag (desired, presence).
+    /// True for the topics published with the retain flag (desired,
+    /// presence, services).
     pub fn retained(&self) -> bool {
-        matches!(self, Topic::Desired { .. } | Topic::Presence { .. })
+        matches!(
+            self,
+            Topic::Desired { .. } | Topic::Presence { .. } | Topic::Services { .. }
+        )
     }
 
     /// The QoS to publish and subscribe with: always [`QOS`].
@@ -154,6 +167,7 @@ impl Topic {
                 | (Topic::Presence { .. }, Message::Presence(_))
                 | (Topic::RpcRequest { .. }, Message::RpcRequest(_))
                 | (Topic::RpcResponse { .. }, Message::RpcResponse(_))
+                | (Topic::Services { .. }, Message::Services(_))
         )
     }
 
@@ -162,6 +176,7 @@ impl Topic {
         validate_segment("cluster name", self.cluster())?;
         match self {
             Topic::RpcResponse { id, .. } => validate_segment("rpc request id", id),
+            Topic::Services { .. } => Ok(()),
             Topic::Desired { node, .. }
             | Topic::Report { node, .. }
             | Topic::Presence { node, .. }
@@ -188,6 +203,9 @@ impl fmt::Display for Topic {
             }
             Topic::RpcResponse { cluster, id } => {
                 write!(f, "{TOPIC_ROOT}/{cluster}/rpc/resp/{id}")
+            }
+            Topic::Services { cluster, shard } => {
+                write!(f, "{TOPIC_ROOT}/{cluster}/services/{shard}")
             }
         }
     }
@@ -267,6 +285,22 @@ pub fn rpc_response_filter(cluster: &str) -> Result<String, TopicError> {
     Ok(format!("{TOPIC_ROOT}/{cluster}/rpc/resp/+"))
 }
 
+/// `bramble/{cluster}/services/{shard}`: one shard of the cluster's Services (retained).
+pub fn services_topic(cluster: &str, shard: u32) -> Result<String, TopicError> {
+    let topic = Topic::Services {
+        cluster: cluster.to_owned(),
+        shard,
+    };
+    topic.validate()?;
+    Ok(topic.to_string())
+}
+
+/// `bramble/{cluster}/services/+`: an agent's subscription to every shard of the Services.
+pub fn services_filter(cluster: &str) -> Result<String, TopicError> {
+    validate_segment("cluster name", cluster)?;
+    Ok(format!("{TOPIC_ROOT}/{cluster}/services/+"))
+}
+
 /// Parse a received topic name. `None` for anything that is not exactly one
 /// of the v1 topics with valid segments.
 pub fn parse_topic(topic: &str) -> Option<Topic> {
@@ -297,6 +331,17 @@ pub fn parse_topic(topic: &str) -> Option<Topic> {
             cluster,
             id: (*id).to_owned(),
         },
+        ["services", shard] => {
+            let number: u32 = shard.parse().ok()?;
+            // One spelling per shard: no `+1`, `01`.
+            if number.to_string() != *shard {
+                return None;
+            }
+            Topic::Services {
+                cluster,
+                shard: number,
+            }
+        }
         _ => return None,
     };
     parsed.validate().ok()?;
@@ -340,6 +385,10 @@ mod tests {
         assert_eq!(ok(report_filter("home")), "bramble/home/nodes/+/report");
         assert_eq!(ok(presence_filter("home")), "bramble/home/nodes/+/presence");
         assert_eq!(ok(rpc_response_filter("home")), "bramble/home/rpc/resp/+");
+        assert_eq!(ok(services_topic("home", 3)), "bramble/home/services/3");
+        assert_eq!(ok(services_filter("home")), "bramble/home/services/+");
+        assert_eq!(parse_topic("bramble/home/services/03"), None);
+        assert_eq!(parse_topic("bramble/home/services/x"), None);
     }
 
     #[test]
@@ -364,6 +413,10 @@ mod tests {
             Topic::RpcResponse {
                 cluster: "home".into(),
                 id: "5f0c".into(),
+            },
+            Topic::Services {
+                cluster: "home".into(),
+                shard: 15,
             },
         ];
         for topic in topics {

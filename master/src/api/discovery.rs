@@ -6,7 +6,7 @@ use bramble_common::Kind;
 use serde_json::{json, Value};
 
 /// The groups bramble serves: `("", "v1")` is the core group.
-const GROUPS: [(&str, &str); 2] = [("", "v1"), ("apps", "v1")];
+const GROUPS: [(&str, &str); 3] = [("", "v1"), ("apps", "v1"), ("discovery.k8s.io", "v1")];
 
 /// `/version`.
 pub fn version() -> Value {
@@ -134,7 +134,10 @@ fn in_category_all(kind: Kind) -> bool {
 
 /// True for kinds whose `status` is only written through the `status` subresource.
 pub fn has_status_subresource(kind: Kind) -> bool {
-    !matches!(kind, Kind::ConfigMap | Kind::Secret | Kind::Event)
+    !matches!(
+        kind,
+        Kind::ConfigMap | Kind::Secret | Kind::Event | Kind::EndpointSlice | Kind::Endpoints
+    )
 }
 
 #[cfg(test)]
@@ -145,10 +148,12 @@ mod tests {
     fn resource_lists_cover_every_kind_once() {
         let core = resource_list("", "v1").expect("core");
         let apps = resource_list("apps", "v1").expect("apps");
+        let discovery = resource_list("discovery.k8s.io", "v1").expect("discovery");
         let names: Vec<&str> = core["resources"]
             .as_array()
             .into_iter()
             .chain(apps["resources"].as_array())
+            .chain(discovery["resources"].as_array())
             .flatten()
             .filter_map(|r| r["name"].as_str())
             .filter(|n| !n.contains('/'))

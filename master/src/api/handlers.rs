@@ -292,6 +292,38 @@ fn admit(target: &ResourceTarget, mut value: Value) -> Result<AnyObject, ApiErro
     Ok(object)
 }
 
+/// A Service's ClusterIP and NodePorts, allocated or checked (see
+/// [`crate::controllers::service_ip`]); the guard serialises allocations
+/// until the caller's write is done. Other kinds pass through.
+async fn allocate_service<'a>(
+    state: &'a ApiState,
+    object: &mut AnyObject,
+    current: Option<&Value>,
+) -> Result<Option<tokio::sync::MutexGuard<'a, ()>>, ApiError> {
+    use crate::controllers::service_ip::AdmitError;
+    let AnyObject::Service(service) = object else {
+        return Ok(None);
+    };
+    let old = match current {
+        Some(value) => match stored_object(Kind::Service, value)? {
+            AnyObject::Service(old) => Some(old),
+            _ => None,
+        },
+        None => None,
+    };
+    let guard = state.services.lock().await;
+    let name = service.metadata.name.clone().unwrap_or_default();
+    match state
+        .services
+        .admit(&state.store, service, old.as_ref())
+        .await
+    {
+        Ok(()) => Ok(Some(guard)),
+        Err(AdmitError::Invalid(errors)) => Err(ApiError::invalid(Kind::Service, &name, &errors)),
+        Err(AdmitError::Store(e)) => Err(e.into()),
+    }
+}
+
 async fn ensure_namespace_exists(
     state: &ApiState,
     target: &ResourceTarget,
@@ -322,8 +354,10 @@ async fn create(
             target.kind.info().plural
         )));
     }
-    let object = admit(target, parse_body(headers, body, target.kind)?)?;
+    let mut object = admit(target, parse_body(headers, body, target.kind)?)?;
     ensure_namespace_exists(state, target).await?;
+    // Held until the Service is written: no two get the same address.
+    let _allocation = allocate_service(state, &mut object, None).await?;
     let name = object.metadata().name.clone().unwrap_or_default();
     let key = object_key(target, &name);
     let value = object.to_value();
@@ -414,7 +448,7 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let incoming = parse_body(headers, body, target.kind)?;
     let precondition = precondition_from(&incoming)?;
-    let object = admit(target, incoming)?;
+    let mut object = admit(target, incoming)?;
     check_name(name, &object)?;
     let key = object_key(target, name);
     let current = state
@@ -422,6 +456,7 @@ async fn update(
         .get(&key)
         .await?
         .ok_or_else(|| ApiError::not_found(target.kind, name))?;
+    let _allocation = allocate_service(state, &mut object, Some(&current)).await?;
     check_update(target.kind, name, &current, &object)?;
     if is_dry_run(query) {
         return Ok(object_response(
@@ -493,8 +528,9 @@ async fn patch_object(
         } else {
             precondition_from(&current)?
         };
-        let object = admit(target, patched)?;
+        let mut object = admit(target, patched)?;
         check_name(name, &object)?;
+        let _allocation = allocate_service(state, &mut object, Some(&current)).await?;
         check_update(target.kind, name, &current, &object)?;
         if is_dry_run(query) {
             return Ok(object_response(

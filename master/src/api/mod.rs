@@ -50,6 +50,8 @@ pub struct ApiState {
     pub rpc: Arc<crate::rpc::RpcHub>,
     /// Where nodes' pod CIDRs come from (`--cluster-cidr`, `--node-cidr-mask-size`).
     pub pod_cidrs: pod_cidr::PodCidrPool,
+    /// Services' ClusterIPs and NodePorts (`--service-cidr`, `--service-node-port-range`).
+    pub services: Arc<crate::controllers::service_ip::ServiceAllocator>,
 }
 
 /// The API router: one dispatcher for every path.

@@ -18,8 +18,12 @@ fn doc_hash() -> String {
 }
 
 /// The group versions served, as `(url path, group, version)`.
-fn group_versions() -> [(&'static str, &'static str, &'static str); 2] {
-    [("api/v1", "", "v1"), ("apis/apps/v1", "apps", "v1")]
+fn group_versions() -> [(&'static str, &'static str, &'static str); 3] {
+    [
+        ("api/v1", "", "v1"),
+        ("apis/apps/v1", "apps", "v1"),
+        ("apis/discovery.k8s.io/v1", "discovery.k8s.io", "v1"),
+    ]
 }
 
 /// `/openapi/v3`.
@@ -95,11 +99,11 @@ mod tests {
         for kind in Kind::all() {
             let info = kind.info();
             let path = if info.group.is_empty() {
-                "api/v1"
+                "api/v1".to_string()
             } else {
-                "apis/apps/v1"
+                format!("apis/{}/v1", info.group)
             };
-            let doc = group_version(path).expect("doc");
+            let doc = group_version(&path).expect("doc");
             let found = doc["paths"].as_object().expect("paths").values().any(|p| {
                 p["patch"]["x-kubernetes-group-version-kind"]["kind"] == info.kind
                     && p["patch"]["parameters"]

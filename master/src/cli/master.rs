@@ -59,6 +59,15 @@ pub struct MasterArgs {
     /// Prefix length of each node's pod CIDR, cut from --cluster-cidr [default: 24].
     #[arg(long)]
     pub node_cidr_mask_size: Option<u8>,
+    /// The Services' virtual address range [default: 10.96.0.0/16].
+    #[arg(long)]
+    pub service_cidr: Option<String>,
+    /// The ports NodePort and LoadBalancer Services get on every node [default: 30000-32767].
+    #[arg(long)]
+    pub service_node_port_range: Option<String>,
+    /// The cluster DNS Service's address (kube-system/kube-dns), inside --service-cidr [default: 10.96.0.10].
+    #[arg(long)]
+    pub cluster_dns: Option<String>,
     /// Also run an agent on this machine (node named after the host), like `k3s server`.
     #[arg(long)]
     pub local_agent: bool,
@@ -125,6 +134,9 @@ pub struct MasterConfig {
     /// See `--node-cidr-mask-size`.
     #[serde(default = "default_node_cidr_mask_size")]
     pub node_cidr_mask_size: u8,
+    /// See `--service-node-port-range`.
+    #[serde(default = "default_node_port_range")]
+    pub service_node_port_range: String,
     /// See `--event-ttl`.
     #[serde(default = "default_event_ttl")]
     pub event_ttl: String,
@@ -148,6 +160,30 @@ impl MasterConfig {
         }
     }
 
+    /// The Service allocator that `service-cidr` and
+    /// `service-node-port-range` describe; `cluster-dns` must be inside.
+    pub fn service_allocator(
+        &self,
+    ) -> Result<crate::controllers::service_ip::ServiceAllocator, String> {
+        let allocator = crate::controllers::service_ip::ServiceAllocator::new(
+            &self.service_cidr,
+            &self.service_node_port_range,
+        )
+        .map_err(|e| e.to_string())?;
+        let dns: std::net::Ipv4Addr = self
+            .cluster_dns
+            .parse()
+            .map_err(|_| format!("cluster-dns {:?} is not an IPv4 address", self.cluster_dns))?;
+        if !allocator.cidr().contains(&dns) || dns == allocator.kubernetes_ip() {
+            return Err(format!(
+                "cluster-dns {dns} must be an address of --service-cidr {} other than {}",
+                allocator.cidr(),
+                allocator.kubernetes_ip()
+            ));
+        }
+        Ok(allocator)
+    }
+
     /// The pod CIDR pool that `cluster-cidr` and `node-cidr-mask-size` describe.
     pub fn pod_cidrs(&self) -> Result<PodCidrPool, String> {
         PodCidrPool::parse(&self.cluster_cidr, self.node_cidr_mask_size).map_err(|e| e.to_string())
@@ -168,6 +204,9 @@ fn default_cluster_dns() -> String {
 }
 fn default_service_cidr() -> String {
     "10.96.0.0/16".into()
+}
+fn default_node_port_range() -> String {
+    crate::controllers::service_ip::DEFAULT_NODE_PORT_RANGE.into()
 }
 fn default_cluster_cidr() -> String {
     pod_cidr::DEFAULT_CLUSTER_CIDR.into()
@@ -254,11 +293,21 @@ impl MasterConfig {
         if let Some(mask) = args.node_cidr_mask_size {
             config.node_cidr_mask_size = mask;
         }
+        if let Some(cidr) = &args.service_cidr {
+            config.service_cidr = cidr.clone();
+        }
+        if let Some(range) = &args.service_node_port_range {
+            config.service_node_port_range = range.clone();
+        }
+        if let Some(dns) = &args.cluster_dns {
+            config.cluster_dns = dns.clone();
+        }
         if let Some(ttl) = &args.event_ttl {
             config.event_ttl = ttl.clone();
         }
         config.pod_cidrs()?;
         config.event_ttl()?;
+        config.service_allocator()?;
         if config.heartbeat_seconds == 0 || config.missed_heartbeats == 0 {
             return Err("heartbeat-seconds and missed-heartbeats must be at least 1".into());
         }
@@ -307,6 +356,12 @@ pub fn main(runtime: &tokio::runtime::Runtime, args: MasterArgs) -> ExitCode {
         println!("missed-heartbeats = {}", config.missed_heartbeats);
         println!("cluster-cidr = {:?}", config.cluster_cidr);
         println!("node-cidr-mask-size = {}", config.node_cidr_mask_size);
+        println!("service-cidr = {:?}", config.service_cidr);
+        println!(
+            "service-node-port-range = {:?}",
+            config.service_node_port_range
+        );
+        println!("cluster-dns = {:?}", config.cluster_dns);
         println!("event-ttl = {:?}", config.event_ttl);
         return ExitCode::SUCCESS;
     }
@@ -407,6 +462,7 @@ async fn run(
     ensure_builtin_namespaces(&store).await?;
     let pod_cidrs = config.pod_cidrs()?;
     check_pod_cidrs(&store, &pod_cidrs).await?;
+    let services = Arc::new(config.service_allocator()?);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -442,7 +498,16 @@ async fn run(
         node_registration: tokio::sync::Mutex::new(()),
         rpc,
         pod_cidrs,
+        services: services.clone(),
     });
+    crate::controllers::builtin_services::ensure(
+        &store,
+        services.kubernetes_ip(),
+        &config.cluster_dns,
+        crate::controllers::builtin_services::advertise_address(config.listen, &config.tls_san),
+        local.port(),
+    )
+    .await?;
     let app = api::router(state);
     let health = Arc::new(crate::controllers::node_lifecycle::NodeHealth::default());
     let settings = crate::dispatch::ClusterSettings {
@@ -472,9 +537,13 @@ async fn run(
     ));
     tokio::spawn(crate::controllers::run(
         store.clone(),
-        crate::controllers::Events::default(),
+        events.clone(),
         crate::controllers::ControllerOptions::default(),
         stopped.clone(),
+    ));
+    tokio::spawn(crate::controllers::endpointslice::run(
+        store.clone(),
+        stopped(),
     ));
     let silence = std::time::Duration::from_secs(
         u64::from(config.heartbeat_seconds) * u64::from(config.missed_heartbeats),

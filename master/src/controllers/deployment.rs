@@ -32,7 +32,8 @@ use serde_json::{json, Value};
 
 use super::cache::{Cache, Change};
 use super::runtime::{Action, Reconciler};
-use super::{ControllerError, Events};
+use super::ControllerError;
+use crate::events::EventRecorder;
 use crate::store::{ObjectKey, Precondition, Store, StoreError};
 
 /// The event source of this controller.
@@ -62,12 +63,12 @@ const NOT_COPIED: [&str; 6] = [
 pub struct DeploymentController {
     store: Store,
     cache: Cache,
-    events: Events,
+    events: EventRecorder,
 }
 
 impl DeploymentController {
     /// The controller over `store`, reading `cache`.
-    pub fn new(store: Store, cache: Cache, events: Events) -> DeploymentController {
+    pub fn new(store: Store, cache: Cache, events: EventRecorder) -> DeploymentController {
         DeploymentController {
             store,
             cache,

@@ -3,13 +3,16 @@
 //! all on one shared runtime ([`runtime`]) over one shared cache
 //! ([`cache`]); [`run`] starts them all.
 
+pub mod builtin_services;
 pub mod cache;
 pub mod deployment;
+pub mod endpointslice;
 pub mod node_lifecycle;
 pub mod pod_termination;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
+pub mod service_ip;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,53 +47,6 @@ impl ControllerError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, ControllerError::Store(StoreError::Conflict { .. }))
     }
-}
-
-/// Records Events on behalf of the controllers.
-#[derive(Clone, Default)]
-pub struct Events {
-    _private: (),
-}
-
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Events")
-    }
-}
-
-impl Events {
-    /// A `Normal` event from `component` about `object`.
-    pub fn normal(
-        &self,
-        component: &str,
-        object: &Value,
-        reason: &str,
-        message: impl Into<String>,
-    ) {
-        let message = message.into();
-        tracing::debug!(component, object = %describe(object), reason, %message, "event");
-    }
-
-    /// A `Warning` event from `component` about `object`.
-    pub fn warning(
-        &self,
-        component: &str,
-        object: &Value,
-        reason: &str,
-        message: impl Into<String>,
-    ) {
-        let message = message.into();
-        tracing::info!(component, object = %describe(object), reason, %message, "warning event");
-    }
-}
-
-fn describe(object: &Value) -> String {
-    format!(
-        "{}/{}/{}",
-        object["kind"].as_str().unwrap_or(""),
-        object["metadata"]["namespace"].as_str().unwrap_or(""),
-        object["metadata"]["name"].as_str().unwrap_or("")
-    )
 }
 
 /// An RFC 3339 time as seconds since the epoch.
@@ -160,7 +116,7 @@ pub struct ControllerOptions {
 /// `shutdown`.
 pub async fn run<F, Fut>(
     store: crate::store::Store,
-    events: Events,
+    events: crate::events::EventRecorder,
     options: ControllerOptions,
     shutdown: F,
 ) where

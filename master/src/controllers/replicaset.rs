@@ -30,7 +30,8 @@ use serde_json::{json, Value};
 
 use super::cache::{Cache, Change, PodInfo};
 use super::runtime::{Action, Expectations, Reconciler};
-use super::{pods, ControllerError, Events};
+use super::{pods, ControllerError};
+use crate::events::EventRecorder;
 use crate::store::{ObjectKey, Precondition, Store, StoreError};
 
 /// The event source of this controller.
@@ -40,13 +41,13 @@ pub const NAME: &str = "replicaset-controller";
 pub struct ReplicaSetController {
     store: Store,
     cache: Cache,
-    events: Events,
+    events: EventRecorder,
     expectations: Expectations,
 }
 
 impl ReplicaSetController {
     /// The controller over `store`, reading `cache`.
-    pub fn new(store: Store, cache: Cache, events: Events) -> ReplicaSetController {
+    pub fn new(store: Store, cache: Cache, events: EventRecorder) -> ReplicaSetController {
         ReplicaSetController {
             store,
             cache,

@@ -41,7 +41,10 @@ const KEPT_ON_UPDATE: [&str; 4] = [
 
 /// True for kinds with a `status` that only the status subresource writes.
 pub(crate) fn kind_has_status(kind: Kind) -> bool {
-    !matches!(kind, Kind::ConfigMap | Kind::Secret | Kind::Event)
+    !matches!(
+        kind,
+        Kind::ConfigMap | Kind::Secret | Kind::Event | Kind::EndpointSlice | Kind::Endpoints
+    )
 }
 
 /// The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds.
