@@ -24,7 +24,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use bramble_common::endpoint::validate_node_name;
+use bramble_common::endpoint::{validate_node_name, TLS_NOT_YET};
 pub use bramble_common::endpoint::{BrokerUrl, MqttTransport};
 use serde::Deserialize;
 
@@ -268,6 +268,13 @@ impl AgentConfig {
             value: master.clone(),
             reason,
         })?;
+        if master.transport == MqttTransport::Tls {
+            return Err(ConfigError::Invalid {
+                key: "master",
+                value: master.to_string(),
+                reason: TLS_NOT_YET.into(),
+            });
+        }
         validate_node_name(&node).map_err(|reason| ConfigError::Invalid {
             key: "node",
             value: node.clone(),

@@ -65,7 +65,7 @@ struct Cli {
     /// Configuration file (TOML). A missing file at the default path is not an error.
     #[arg(long, global = true, value_name = "FILE", help = format!("Configuration file [default: {DEFAULT_CONFIG_PATH}]"))]
     config: Option<PathBuf>,
-    /// MQTT broker of the master, mqtt://HOST:PORT or mqtts://HOST:PORT.
+    /// MQTT broker of the master, mqtt://HOST:PORT (this release speaks plain MQTT only).
     #[arg(long, global = true, value_name = "URL")]
     master: Option<String>,
     /// This node's name (a DNS-1123 subdomain).

@@ -84,6 +84,26 @@ fn missing_explicit_file_is_an_error() {
 }
 
 #[test]
+fn mqtts_is_refused_until_tls_exists() {
+    // An agent that accepted mqtts:// and then failed to connect would leave
+    // a flashed device that never joins: check-config says so up front.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "master = \"mqtts://a:8883\"\nnode = \"pi-01\"\ntoken = \"t\"\n",
+    );
+    let out = agent(&["check-config", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("mqtts:// (MQTT over TLS) is not supported by this release"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use mqtt://HOST:PORT"), "{stderr}");
+}
+
+#[test]
 fn unknown_key_is_named_with_its_position() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write(

@@ -5,6 +5,11 @@
 
 use std::fmt;
 
+/// Why an `mqtts://` address is refused: this release speaks plain MQTT only,
+/// and an agent (or a flashed device image) given one would never join.
+pub const TLS_NOT_YET: &str = "mqtts:// (MQTT over TLS) is not supported by this release: \
+use mqtt://HOST:PORT, on a network you trust (the link is not encrypted)";
+
 /// Plain TCP or TLS to the MQTT broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MqttTransport {

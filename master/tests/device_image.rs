@@ -966,6 +966,23 @@ fn refuses_to_overwrite_or_misuse() {
         "--output",
         s(&out),
         "--master",
+        "mqtts://x:8883",
+        "--node",
+        "a",
+        "--token",
+        "t",
+    ])
+    .expect_err("mqtts");
+    assert!(
+        err.contains("mqtts:// (MQTT over TLS) is not supported by this release"),
+        "{err}"
+    );
+    let err = build(&[
+        "--input",
+        s(&input),
+        "--output",
+        s(&out),
+        "--master",
         MASTER,
         "--node",
         "a",

@@ -67,7 +67,7 @@ pub struct DeviceImageArgs {
         conflicts_with = "fleet"
     )]
     pub output: Option<PathBuf>,
-    /// MQTT address of the master the node joins, mqtt://HOST:PORT or mqtts://HOST:PORT.
+    /// MQTT address of the master the node joins, mqtt://HOST:PORT (this release speaks plain MQTT only).
     #[arg(long, value_name = "URL")]
     pub master: String,
     /// Node name (one device).
@@ -339,13 +339,22 @@ struct Layout {
 /// Build the image(s) `args` asks for. Blocking (copies whole images and runs
 /// external tools): call it from a plain thread or `spawn_blocking`.
 pub fn run(args: &DeviceImageArgs) -> Result<BuildReport, DeviceImageError> {
-    bramble_common::endpoint::BrokerUrl::parse(&args.master).map_err(|reason| {
+    let master = bramble_common::endpoint::BrokerUrl::parse(&args.master).map_err(|reason| {
         DeviceImageError::Invalid {
             what: "--master",
             value: args.master.clone(),
             reason,
         }
     })?;
+    if master.transport == bramble_common::endpoint::MqttTransport::Tls {
+        // A flashed image whose agent refuses its own broker address never
+        // joins: refuse it here, where the user can still change it.
+        return Err(DeviceImageError::Invalid {
+            what: "--master",
+            value: args.master.clone(),
+            reason: bramble_common::endpoint::TLS_NOT_YET.into(),
+        });
+    }
     let jobs = plan_jobs(args)?;
     let input = &args.input;
     for job in &jobs {

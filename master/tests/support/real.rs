@@ -97,42 +97,17 @@ impl RealNode {
 
     /// The node's cgroup dirs (one per v1 hierarchy, or the v2 one).
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-            for entry in entries.flatten() {
-                let p = entry.path().join("bramble").join(&self.name);
-                if p.exists() {
-                    out.push(p);
-                }
-            }
-        }
-        let p = Path::new("/sys/fs/cgroup/bramble").join(&self.name);
-        if p.exists() {
-            out.push(p);
-        }
-        out
+        node_cgroup_dirs(&self.name)
     }
 
     /// Processes in the node's cgroups.
     pub fn processes(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for dir in self.cgroup_dirs() {
-            collect_procs(&dir, &mut pids);
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        pids
+        node_processes(&self.name)
     }
 
     /// Mounts under the node's directory.
     pub fn mounts(&self) -> Vec<String> {
-        let prefix = self.dir.display().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&prefix))
-            .collect()
+        mounts_under_dir(&self.dir)
     }
 
     /// Pod network namespaces still mounted for this node.
@@ -141,6 +116,46 @@ impl RealNode {
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The cgroup dirs of node `name` (one per v1 hierarchy, or the v2 one).
+pub fn node_cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for entry in entries.flatten() {
+            let p = entry.path().join("bramble").join(name);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+    }
+    let p = Path::new("/sys/fs/cgroup/bramble").join(name);
+    if p.exists() {
+        out.push(p);
+    }
+    out
+}
+
+/// Processes in the cgroups of node `name`.
+pub fn node_processes(name: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for dir in node_cgroup_dirs(name) {
+        collect_procs(&dir, &mut pids);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Mount points under `dir`.
+pub fn mounts_under_dir(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
 }
 
 fn collect_procs(dir: &Path, pids: &mut Vec<i32>) {
@@ -178,32 +193,38 @@ impl Drop for RealNode {
             eprintln!("--- agent {} log:\n{}", self.name, self.agent.log_text());
         }
         self.kill9();
-        // Stop whatever pods the agent left, through the runtime itself.
-        if let Ok(runtime) = LinuxRuntime::new(RuntimeConfig::new(
-            &self.name,
-            self.state_dir(),
-            self.run_dir(),
-        )) {
-            let _ = runtime.adopt_existing();
-            for pod in runtime.list_pods() {
-                let _ = runtime.kill_pod(&pod.uid, Some(Duration::ZERO));
-            }
-            runtime.shutdown();
+        stop_leftovers(&self.name, &self.state_dir(), &self.run_dir(), &self.dir);
+    }
+}
+
+/// Stops whatever pods an agent of node `name` (with these state and run
+/// dirs) left, through the runtime itself; then kills, unmounts and
+/// removes anything still left (a runtime that could not open): processes
+/// in the node's cgroups, mounts under `mounts_under`, the cgroups.
+pub fn stop_leftovers(name: &str, state_dir: &Path, run_dir: &Path, mounts_under: &Path) {
+    if let Ok(runtime) = LinuxRuntime::new(RuntimeConfig::new(
+        name,
+        state_dir.to_path_buf(),
+        run_dir.to_path_buf(),
+    )) {
+        let _ = runtime.adopt_existing();
+        for pod in runtime.list_pods() {
+            let _ = runtime.kill_pod(&pod.uid, Some(Duration::ZERO));
         }
-        // Anything still left (a runtime that could not open): kill, unmount, rmdir.
-        for pid in self.processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let mut mounts = self.mounts();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
-        }
-        for dir in self.cgroup_dirs() {
-            rmdir_tree(&dir);
-        }
+        runtime.shutdown();
+    }
+    for pid in node_processes(name) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let mut mounts = mounts_under_dir(mounts_under);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+    }
+    for dir in node_cgroup_dirs(name) {
+        rmdir_tree(&dir);
     }
 }
