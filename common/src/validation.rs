@@ -54,6 +54,11 @@ pub struct FieldError {
 pub enum FieldErrorKind {
     /// A required field is missing or empty.
     Required,
+    /// A field required in this case is missing (`Required value: detail`).
+    RequiredBecause {
+        /// Why it is required.
+        detail: String,
+    },
     /// The value is malformed or out of range.
     Invalid {
         /// The offending value as text (shown quoted unless it is an integer).
@@ -105,6 +110,16 @@ impl FieldError {
     /// `path: Required value`.
     pub fn required(path: impl Into<String>) -> Self {
         Self::new(path, FieldErrorKind::Required)
+    }
+
+    /// `path: Required value: detail`.
+    pub fn required_detail(path: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(
+            path,
+            FieldErrorKind::RequiredBecause {
+                detail: detail.into(),
+            },
+        )
     }
 
     /// `path: Invalid value: "value": detail`.
@@ -182,7 +197,9 @@ impl FieldError {
     /// not support).
     pub fn reason(&self) -> &'static str {
         match self.kind {
-            FieldErrorKind::Required => "FieldValueRequired",
+            FieldErrorKind::Required | FieldErrorKind::RequiredBecause { .. } => {
+                "FieldValueRequired"
+            }
             FieldErrorKind::Invalid { .. } => "FieldValueInvalid",
             FieldErrorKind::NotSupported { .. } => "FieldValueNotSupported",
             FieldErrorKind::Duplicate { .. } => "FieldValueDuplicate",
@@ -198,6 +215,7 @@ impl FieldError {
     pub fn body(&self) -> String {
         match &self.kind {
             FieldErrorKind::Required => "Required value".to_string(),
+            FieldErrorKind::RequiredBecause { detail } => format!("Required value: {detail}"),
             FieldErrorKind::Invalid { value, detail } => {
                 if detail.is_empty() {
                     format!("Invalid value: {}", show(value))
@@ -909,19 +927,98 @@ fn validate_probe(probe: &Probe, kind: ProbeKind, path: &str, errs: &mut Errors)
     }
 }
 
+/// A UID or GID as Kubernetes takes it.
+fn validate_id(path: String, id: i64, errs: &mut Errors) {
+    if !(0..=i64::from(i32::MAX)).contains(&id) {
+        errs.invalid(path, id, "must be between 0 and 2147483647, inclusive");
+    }
+}
+
+/// `seccompProfile` (Kubernetes' `validateSeccompProfileField`).
+fn validate_seccomp_profile(profile: &SeccompProfile, path: &str, errs: &mut Errors) {
+    let local = profile.localhost_profile.as_deref();
+    match profile.profile_type.as_str() {
+        "Localhost" => match local {
+            None => errs.push(FieldError::required_detail(
+                child(path, "localhostProfile"),
+                "must be set when seccomp type is Localhost",
+            )),
+            Some(file) => {
+                let file_path = child(path, "localhostProfile");
+                if file.starts_with('/') {
+                    errs.invalid(file_path.clone(), file, "must be a relative path");
+                }
+                if file.split('/').any(|part| part == "..") {
+                    errs.invalid(file_path, file, "must not contain '..'");
+                }
+            }
+        },
+        "RuntimeDefault" | "Unconfined" => {
+            if let Some(file) = local {
+                errs.invalid(
+                    child(path, "localhostProfile"),
+                    file,
+                    "can only be set when seccomp type is Localhost",
+                );
+            }
+        }
+        other => errs.not_supported(
+            child(path, "type"),
+            other,
+            &["Localhost", "RuntimeDefault", "Unconfined"],
+        ),
+    }
+}
+
+/// `spec.securityContext`.
+fn validate_pod_security_context(sc: &PodSecurityContext, path: &str, errs: &mut Errors) {
+    for (field, id) in [
+        ("runAsUser", sc.run_as_user),
+        ("runAsGroup", sc.run_as_group),
+    ] {
+        if let Some(id) = id {
+            validate_id(child(path, field), id, errs);
+        }
+    }
+    for (i, group) in sc.supplemental_groups.iter().enumerate() {
+        validate_id(index(&child(path, "supplementalGroups"), i), *group, errs);
+    }
+    if let Some(profile) = &sc.seccomp_profile {
+        validate_seccomp_profile(profile, &child(path, "seccompProfile"), errs);
+    }
+}
+
 fn validate_security_context(sc: &SecurityContext, path: &str, errs: &mut Errors) {
     for (field, id) in [
         ("runAsUser", sc.run_as_user),
         ("runAsGroup", sc.run_as_group),
     ] {
         if let Some(id) = id {
-            if !(0..=i64::from(i32::MAX)).contains(&id) {
-                errs.invalid(
-                    child(path, field),
-                    id,
-                    "must be between 0 and 2147483647, inclusive",
-                );
-            }
+            validate_id(child(path, field), id, errs);
+        }
+    }
+    if let Some(profile) = &sc.seccomp_profile {
+        validate_seccomp_profile(profile, &child(path, "seccompProfile"), errs);
+    }
+    if sc.allow_privilege_escalation == Some(false) {
+        if sc.privileged == Some(true) {
+            errs.invalid(
+                path.to_string(),
+                "",
+                "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+            );
+        }
+        let adds_sys_admin = sc.capabilities.as_ref().is_some_and(|caps| {
+            caps.add
+                .iter()
+                .any(|cap| cap == "CAP_SYS_ADMIN" || cap == "SYS_ADMIN")
+        });
+        if adds_sys_admin {
+            errs.invalid(
+                path.to_string(),
+                "",
+                "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+            );
         }
     }
     if let Some(caps) = &sc.capabilities {
@@ -1440,6 +1537,9 @@ fn validate_tolerations(tolerations: &[Toleration], path: &str, errs: &mut Error
 /// workload, where only restartPolicy `Always` is accepted).
 fn validate_pod_spec(spec: &PodSpec, path: &str, template: bool, errs: &mut Errors) {
     let volume_names = validate_volumes(&spec.volumes, &child(path, "volumes"), errs);
+    if let Some(sc) = &spec.security_context {
+        validate_pod_security_context(sc, &child(path, "securityContext"), errs);
+    }
     let mut ctx = PodContext {
         volume_names: &volume_names,
         container_names: BTreeSet::new(),

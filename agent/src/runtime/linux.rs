@@ -32,6 +32,7 @@ use super::backoff::{Backoff, RestartPolicy};
 use super::events::StatusEvents;
 use super::logs;
 use super::probes::{run_probe, ProbeOutcome, ProbeTarget, ProbeTracker};
+use super::security;
 use super::shim::{ShimConfig, ShimState, ShimStatus};
 use super::spec::{build_spec, parse_memory, MountSource, SpecInputs};
 use super::{netns, PodDesired, PodSummary, Runtime, RuntimeConfig, RuntimeError};
@@ -1143,8 +1144,40 @@ impl Inner {
             .container_mounts(d, c)
             .map_err(|m| StartError::Waiting("CreateContainerConfigError".into(), m))?;
         let host_network = d.pod.spec.host_network.unwrap_or(false);
+        let pod_security = d.pod.spec.security_context.as_ref();
+        let effective = Container {
+            security_context: bramble_common::api::effective_security_context(
+                pod_security,
+                c.security_context.as_ref(),
+            ),
+            ..c.clone()
+        };
+        let seccomp = security::seccomp_for(
+            effective
+                .security_context
+                .as_ref()
+                .and_then(|s| s.seccomp_profile.as_ref()),
+            self.cfg.seccomp,
+            &self.cfg.state_dir.join("seccomp"),
+        )
+        .map_err(|m| StartError::Waiting("CreateContainerError".into(), m))?;
+        security::verify_run_as_non_root(
+            &d.pod,
+            &c.name,
+            effective.security_context.as_ref(),
+            image.config.user.as_deref(),
+        )
+        .map_err(|m| StartError::Waiting("CreateContainerConfigError".into(), m))?;
+        let supplemental_groups = pod_security
+            .map(|s| {
+                s.supplemental_groups
+                    .iter()
+                    .filter_map(|g| u32::try_from(*g).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         let inputs = SpecInputs {
-            container: c,
+            container: &effective,
             image: &image.config,
             env,
             hostname: pod_hostname(&d.pod),
@@ -1152,7 +1185,8 @@ impl Inner {
             cgroups_path: self.cgroups_path(&uid, &c.name),
             mounts,
             pids_limit: self.cfg.pids_limit,
-            seccomp: self.cfg.seccomp,
+            seccomp,
+            supplemental_groups,
             passwd: fs::read_to_string(rootfs.join("etc/passwd")).ok(),
             group: fs::read_to_string(rootfs.join("etc/group")).ok(),
         };

@@ -33,6 +33,7 @@ mod linux;
 pub mod logs;
 pub mod netns;
 mod probes;
+mod security;
 pub mod shim;
 pub mod spec;
 #[doc(hidden)]
@@ -152,7 +153,8 @@ pub struct RuntimeConfig {
     pub log_max_files: u32,
     /// pids cgroup limit per container.
     pub pids_limit: i64,
-    /// Enforce the default seccomp profile (needs the `seccomp` feature).
+    /// Run containers without a `seccompProfile` under the default filter
+    /// (needs the `seccomp` feature).
     pub seccomp: bool,
     /// How often a pod worker looks at a pod with probes.
     pub sync_interval: Duration,

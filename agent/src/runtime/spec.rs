@@ -195,6 +195,19 @@ pub enum MountSource {
     },
 }
 
+/// The seccomp filter a container runs under.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seccomp {
+    /// No filter (`seccompProfile: Unconfined`, or seccomp turned off).
+    Unconfined,
+    /// The agent's default filter: it refuses what Docker's default profile
+    /// refuses ([`SECCOMP_DENIED`]) and allows the rest. What a pod gets
+    /// without a `seccompProfile`, and with `RuntimeDefault`.
+    Default,
+    /// A profile from the node (`Localhost`): the OCI spec's `linux.seccomp`.
+    Profile(Value),
+}
+
 /// Everything the spec needs besides the pod's container.
 #[derive(Debug, Clone)]
 pub struct SpecInputs<'a> {
@@ -214,8 +227,11 @@ pub struct SpecInputs<'a> {
     pub mounts: Vec<(String, MountSource)>,
     /// pids cgroup limit.
     pub pids_limit: i64,
-    /// Enforce the default seccomp profile.
-    pub seccomp: bool,
+    /// The container's seccomp filter.
+    pub seccomp: Seccomp,
+    /// Groups the process belongs to beside its primary GID
+    /// (`securityContext.supplementalGroups`).
+    pub supplemental_groups: Vec<u32>,
     /// The image's `/etc/passwd` content, to resolve a named user.
     pub passwd: Option<String>,
     /// The image's `/etc/group` content.
@@ -581,7 +597,11 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Value, SpecError> {
             "/proc/sys",
             "/proc/sysrq-trigger"
         ]);
-        if inputs.seccomp {
+    }
+    // A Localhost profile applies to privileged containers too, as in
+    // Kubernetes; the default filter does not (Docker's rule).
+    match &inputs.seccomp {
+        Seccomp::Default if !privileged => {
             linux["seccomp"] = json!({
                 "defaultAction": "SCMP_ACT_ALLOW",
                 "syscalls": [{
@@ -591,20 +611,21 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Value, SpecError> {
                 }],
             });
         }
+        Seccomp::Profile(profile) => linux["seccomp"] = profile.clone(),
+        Seccomp::Default | Seccomp::Unconfined => {}
     }
 
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": uid, "gid": gid},
+            "user": {"uid": uid, "gid": gid, "additionalGids": inputs.supplemental_groups},
             "args": args,
             "env": env,
             "cwd": cwd,
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
-            "noNewPrivileges": !privileged,
         },
         "root": {
             "path": "rootfs",
@@ -613,7 +634,15 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Value, SpecError> {
         "hostname": inputs.hostname,
         "mounts": mounts,
         "linux": linux,
-    }))
+    });
+    // Kubernetes sets no_new_privs only when allowPrivilegeEscalation is
+    // false (the kubelet's AddNoNewPrivileges). The key is left out
+    // otherwise, not set to false: libcontainer installs a seccomp filter
+    // before it drops capabilities only when the key is absent.
+    if sc.and_then(|s| s.allow_privilege_escalation) == Some(false) {
+        spec["process"]["noNewPrivileges"] = json!(true);
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]

@@ -67,6 +67,10 @@ pub struct PodSpec {
     /// Use the node's network namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_network: Option<bool>,
+    /// Security settings of every container (a container's own
+    /// `securityContext` wins field by field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
     /// Seconds between SIGTERM and SIGKILL on deletion (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
@@ -386,6 +390,77 @@ pub struct SecurityContext {
     /// Capabilities added to or dropped from the default set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+    /// `false` sets the process's `no_new_privs` (setuid programs and file
+    /// capabilities cannot raise its privileges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_privilege_escalation: Option<bool>,
+    /// Refuse to start the container if it would run as UID 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_non_root: Option<bool>,
+    /// The seccomp filter of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+/// Security settings of a whole pod (`spec.securityContext`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    /// UID of every container's process, unless the container sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
+    /// GID of every container's process, unless the container sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<i64>,
+    /// Refuse to start containers that would run as UID 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_non_root: Option<bool>,
+    /// Groups added to every container's process, beside its primary GID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supplemental_groups: Vec<i64>,
+    /// The seccomp filter of every container, unless the container sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+/// A seccomp profile (`securityContext.seccompProfile`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompProfile {
+    /// `RuntimeDefault` (the runtime's default filter), `Unconfined` (no
+    /// filter) or `Localhost` (a profile file on the node).
+    #[serde(default, rename = "type")]
+    pub profile_type: String,
+    /// With `Localhost`: the profile's path, relative to the node's seccomp
+    /// profile directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub localhost_profile: Option<String>,
+}
+
+/// The security settings a container runs with: its own `securityContext`,
+/// with the pod's `securityContext` filling in what it leaves out (as
+/// Kubernetes' `DetermineEffectiveSecurityContext`).
+pub fn effective_security_context(
+    pod: Option<&PodSecurityContext>,
+    container: Option<&SecurityContext>,
+) -> Option<SecurityContext> {
+    let Some(pod) = pod else {
+        return container.cloned();
+    };
+    let mut effective = container.cloned().unwrap_or_default();
+    if effective.run_as_user.is_none() {
+        effective.run_as_user = pod.run_as_user;
+    }
+    if effective.run_as_group.is_none() {
+        effective.run_as_group = pod.run_as_group;
+    }
+    if effective.run_as_non_root.is_none() {
+        effective.run_as_non_root = pod.run_as_non_root;
+    }
+    if effective.seccomp_profile.is_none() {
+        effective.seccomp_profile = pod.seccomp_profile.clone();
+    }
+    Some(effective)
 }
 
 /// Capabilities to add and drop (names without `CAP_`, or `ALL`).
