@@ -124,18 +124,33 @@ fn main() {
                     .send(Method::GET, "/api/v1/namespaces/w/pods?watch=true", None, None, Vec::new())
                     .await
                     .unwrap_or_else(|e| panic!("watch: {e}"));
-                let mut seen = 0usize;
+                // Count what the events say: distinct pods ADDED (the
+                // scheduler's MODIFIED events are not creations), from
+                // whole lines (a frame may end inside one).
+                let mut added = std::collections::HashSet::new();
+                let mut pending: Vec<u8> = Vec::new();
                 let mut last = Instant::now();
-                while let Some(Ok(frame)) = body.frame().await {
-                    if let Ok(data) = frame.into_data() {
-                        seen += data.iter().filter(|b| **b == b'\n').count();
-                        last = Instant::now();
-                        if seen >= expected {
-                            break;
+                'frames: while let Some(Ok(frame)) = body.frame().await {
+                    let Ok(data) = frame.into_data() else { continue };
+                    pending.extend_from_slice(&data);
+                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                            continue;
+                        };
+                        if event["type"] == "ADDED" {
+                            if let Some(name) = event["object"]["metadata"]["name"].as_str() {
+                                if added.insert(name.to_string()) {
+                                    last = Instant::now();
+                                }
+                            }
+                        }
+                        if added.len() >= expected {
+                            break 'frames;
                         }
                     }
                 }
-                (seen, last)
+                (added.len(), last)
             }));
         }
         let write_before = proc_field(pid, "io", "write_bytes:");
@@ -166,7 +181,7 @@ fn main() {
         let mut slowest = Duration::ZERO;
         for w in watchers {
             let (seen, last) = w.await.unwrap_or((0, fan_start));
-            assert!(seen >= count, "a watcher saw {seen} of {count} events");
+            assert!(seen >= count, "a watcher saw {seen} of {count} pods ADDED");
             slowest = slowest.max(last.duration_since(fan_start));
         }
         println!(

@@ -10,7 +10,9 @@
 //!    delete`, on the same busybox rootfs.
 //! 2. Pod start latency: a busybox pod (`sleep 3600`) created through the
 //!    API until the master stores it `Running` (seen on a watch): N pods one
-//!    after the other, then 20 at once; a real agent on this machine, with
+//!    after the other, then 20 at once, placed by the scheduler as a user's
+//!    pods are (a `nodeSelector` picks the node), and, under its own name,
+//!    pre-bound with `nodeName` (no scheduler); a real agent on this machine, with
 //!    its pod network (bridge, veth, address) and with `--no-network`
 //!    (netns with `lo` only). The same workload with `podman run -d --rm
 //!    --rootfs` (`--network none` and podman's default bridge) and `crun
@@ -460,17 +462,36 @@ struct Api {
     notify: Arc<Notify>,
 }
 
+/// How a benchmark pod gets to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// As a user creates it: the scheduler binds it (a `nodeSelector` on
+    /// the node's `kubernetes.io/hostname` label picks the node).
+    Scheduled,
+    /// `spec.nodeName` set by the creator: the scheduler is skipped.
+    PreBound,
+}
+
 impl Api {
     async fn create(&self, name: &str, node: &str) {
-        let pod = json!({
+        self.create_placed(name, node, Placement::PreBound).await;
+    }
+
+    async fn create_placed(&self, name: &str, node: &str, placement: Placement) {
+        let mut pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name},
             "spec": {
-                "nodeName": node,
                 "terminationGracePeriodSeconds": 0,
                 "containers": [{"name": "app", "image": IMAGE, "command": ["sleep", "3600"]}],
             },
         });
+        match placement {
+            Placement::Scheduled => {
+                pod["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+            }
+            Placement::PreBound => pod["spec"]["nodeName"] = json!(node),
+        }
         self.client
             .json(
                 Method::POST,
@@ -538,20 +559,26 @@ impl Api {
         node: &str,
         tag: &str,
         n: usize,
+        placement: Placement,
     ) -> (Vec<Duration>, Vec<Duration>) {
         let mut sequential = Vec::new();
         let mut names = Vec::new();
         for i in 0..n {
             let name = format!("{tag}-seq-{i}");
             let started = Instant::now();
-            self.create(&name, node).await;
+            self.create_placed(&name, node, placement).await;
             sequential.push(self.running_at(&name).await - started);
             names.push(name);
         }
         self.delete_all(&names).await;
         let names: Vec<String> = (0..AT_ONCE).map(|i| format!("{tag}-burst-{i}")).collect();
         let started = Instant::now();
-        futures_util::future::join_all(names.iter().map(|name| self.create(name, node))).await;
+        futures_util::future::join_all(
+            names
+                .iter()
+                .map(|name| self.create_placed(name, node, placement)),
+        )
+        .await;
         let mut burst = Vec::new();
         for name in &names {
             burst.push(self.running_at(name).await - started);
@@ -801,8 +828,14 @@ fn main() {
         wait_node_ready(&client, "bench-lo").await;
     });
     let idle_rss = proc_field(lo_agent.pid, "status", "VmRSS:");
-    let (net_seq, net_burst) = runtime.block_on(api.start_latencies("bench-net", "net", n));
-    let (lo_seq, lo_burst) = runtime.block_on(api.start_latencies("bench-lo", "lo", n));
+    // The path a user takes (the scheduler binds the pod), and beside it,
+    // under its own name, the pre-bound path that skips the scheduler.
+    let (net_seq, net_burst) =
+        runtime.block_on(api.start_latencies("bench-net", "net", n, Placement::Scheduled));
+    let (lo_seq, lo_burst) =
+        runtime.block_on(api.start_latencies("bench-lo", "lo", n, Placement::Scheduled));
+    let (bound_seq, bound_burst) =
+        runtime.block_on(api.start_latencies("bench-lo", "bound", n, Placement::PreBound));
 
     let podman_base = |network: &'static str| {
         let rootfs = rootfs.clone();
@@ -860,8 +893,18 @@ fn main() {
     print_table(
         &format!("2a. pod start latency, {n} pods one after the other"),
         &[
-            row("bramble, API -> Running, pod network", &net_seq),
-            row("bramble, API -> Running, --no-network", &lo_seq),
+            row(
+                "bramble, API -> scheduled -> Running, pod network",
+                &net_seq,
+            ),
+            row(
+                "bramble, API -> scheduled -> Running, --no-network",
+                &lo_seq,
+            ),
+            row(
+                "bramble, pre-bound (nodeName) -> Running, --no-network",
+                &bound_seq,
+            ),
             row("podman run -d --rm --network none", &podman_none_seq),
             row("podman run -d --rm --network bridge", &podman_bridge_seq),
             row("crun run -d (netns with lo)", &crun_seq),
@@ -871,8 +914,18 @@ fn main() {
     print_table(
         &format!("2b. pod start latency, {AT_ONCE} pods at once (time from the first create)"),
         &[
-            row("bramble, API -> Running, pod network", &net_burst),
-            row("bramble, API -> Running, --no-network", &lo_burst),
+            row(
+                "bramble, API -> scheduled -> Running, pod network",
+                &net_burst,
+            ),
+            row(
+                "bramble, API -> scheduled -> Running, --no-network",
+                &lo_burst,
+            ),
+            row(
+                "bramble, pre-bound (nodeName) -> Running, --no-network",
+                &bound_burst,
+            ),
             row("podman run -d --rm --network none", &podman_none_burst),
             row("podman run -d --rm --network bridge", &podman_bridge_burst),
             row("crun run -d (netns with lo)", &crun_burst),

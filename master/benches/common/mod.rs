@@ -68,12 +68,13 @@ pub fn agent_binary() -> PathBuf {
     }
     cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
     eprintln!("building the agent: {cargo:?}");
+    // A failed build must stop the bench: measuring a stale binary would
+    // print figures of code that is not the code under test.
     match cargo.status() {
         Ok(s) if s.success() => {}
-        other => eprintln!(
-            "cargo build of the agent failed ({other:?}); using {} if it exists",
-            agent.display()
-        ),
+        other => {
+            panic!("cargo build of the agent failed ({other:?}); not measuring a stale binary")
+        }
     }
     assert!(
         agent.exists(),
