@@ -131,28 +131,17 @@ impl Facts {
     }
 }
 
-/// The node's conditions: `Ready` is `True` while the agent runs, unless the
-/// memory cgroup controller is missing: then `False` with reason
-/// [`REASON_MEMORY_CGROUP_MISSING`] and the fix as message.
+/// The node's conditions before anything was measured: `Ready` (`False`
+/// with reason [`REASON_MEMORY_CGROUP_MISSING`] and the fix as message when
+/// the memory cgroup controller is missing) and no pressure. The node loop
+/// replaces them with [`crate::health`]'s readings.
 pub fn node_conditions(facts: &NodeFacts, since_unix: i64) -> Vec<ConditionReport> {
-    let ready = if facts.cgroup_controllers.iter().any(|c| c == "memory") {
-        ConditionReport {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: "AgentReady".into(),
-            message: "bramble-agent is running".into(),
-            last_transition_unix: since_unix,
-        }
-    } else {
-        ConditionReport {
-            type_: "Ready".into(),
-            status: "False".into(),
-            reason: REASON_MEMORY_CGROUP_MISSING.into(),
-            message: MESSAGE_MEMORY_CGROUP_MISSING.into(),
-            last_transition_unix: since_unix,
-        }
-    };
-    vec![ready]
+    crate::health::conditions(
+        facts,
+        &crate::health::HealthReport::default(),
+        &[],
+        since_unix,
+    )
 }
 
 fn env_override(name: &str) -> Option<String> {
@@ -306,8 +295,10 @@ mod tests {
             ..NodeFacts::default()
         };
         let conditions = node_conditions(&facts, 7);
-        assert_eq!(conditions.len(), 1);
-        let ready = &conditions[0];
+        let ready = conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("a Ready condition");
         assert_eq!(
             (ready.type_.as_str(), ready.status.as_str()),
             ("Ready", "False")
@@ -318,7 +309,9 @@ mod tests {
             .contains("add `cgroup_enable=memory cgroup_memory=1` to the single line of /boot/firmware/cmdline.txt (or /boot/cmdline.txt on older Raspberry Pi OS) and reboot"));
         assert_eq!(ready.last_transition_unix, 7);
         facts.cgroup_controllers.push("memory".into());
-        assert_eq!(node_conditions(&facts, 7)[0].status, "True");
+        assert!(node_conditions(&facts, 7)
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"));
     }
 
     #[test]

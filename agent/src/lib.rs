@@ -4,6 +4,8 @@
 //! - [`config`]: the agent's configuration file and flags.
 //! - [`facts`]: what the device is (architecture, memory, cgroups) and the
 //!   node conditions that follow from it.
+//! - [`health`]: the node's conditions as the kubelet reports them (Ready
+//!   from the runtime's and the network's health, pressure thresholds).
 //! - [`state`]: the local copy of the desired state (`desired.bin`).
 //! - [`link`]: the MQTT session with the master, and report coalescing.
 //! - [`sync`]: the reconcile loop, desired pods vs the runtime, and the
@@ -19,6 +21,7 @@
 pub mod config;
 pub mod events;
 pub mod facts;
+pub mod health;
 pub mod images;
 pub mod link;
 pub mod network;

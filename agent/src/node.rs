@@ -40,6 +40,9 @@ use crate::sync::{self, PodRuntime, SyncSettings, SyncSnapshot};
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Delay before retrying a report the client could not queue.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often the node's conditions are measured again (the kubelet's
+/// `nodeStatusUpdateFrequency`); a report goes out only when they change.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Errors that stop a node's agent.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +236,7 @@ async fn run_inner<R: PodRuntime>(
         shutdown.clone(),
     )?;
 
+    let health_runtime = Arc::clone(&runtime);
     // 4. Requests from the master (logs).
     tokio::spawn(
         crate::rpc::serve(
@@ -251,9 +255,16 @@ async fn run_inner<R: PodRuntime>(
         .in_current_span(),
     );
 
-    let node_status = settings
+    let mut node_status = settings
         .facts
         .node_status(host_ip.as_deref(), settings.started_unix);
+    if let Some(conditions) =
+        measure_health(&settings, &*health_runtime, &node_status.conditions).await
+    {
+        node_status.conditions = conditions;
+    }
+    let mut last_state: Option<ReportState> = None;
+    let mut health_at = Instant::now() + HEALTH_INTERVAL;
     let publisher = Publisher {
         client: client.clone(),
         topics: topics.clone(),
@@ -326,11 +337,37 @@ async fn run_inner<R: PodRuntime>(
                     );
                 }
                 if snapshot.passes > 0 {
-                    report = coalescer.update(ReportState {
+                    let state = ReportState {
                         applied_generation: snapshot.applied_generation,
                         node_status: node_status.clone(),
                         pods: snapshot.pods,
-                    });
+                    };
+                    last_state = Some(state.clone());
+                    report = coalescer.update(state);
+                }
+            }
+            _ = tokio::time::sleep_until(health_at) => {
+                health_at = Instant::now() + HEALTH_INTERVAL;
+                let Some(conditions) = measure_health(&settings, &*health_runtime, &node_status.conditions).await else {
+                    continue;
+                };
+                if conditions == node_status.conditions {
+                    continue;
+                }
+                for reason in crate::health::transitions(&node_status.conditions, &conditions) {
+                    settings.events.node(
+                        EventType::Normal,
+                        reason,
+                        format!("Node {} status is now: {reason}", settings.node),
+                    );
+                }
+                for condition in conditions.iter().filter(|c| !node_status.conditions.contains(c)) {
+                    info!(condition = %condition.type_, status = %condition.status, reason = %condition.reason, message = %condition.message, "node condition changed");
+                }
+                node_status.conditions = conditions;
+                if let Some(state) = &mut last_state {
+                    state.node_status = node_status.clone();
+                    report = coalescer.update(state.clone());
                 }
             }
             _ = tokio::time::sleep_until(heartbeat_at) => {
@@ -384,6 +421,29 @@ async fn run_inner<R: PodRuntime>(
     }
     info!("node agent stopped");
     Ok(())
+}
+
+/// The node's conditions measured now ([`crate::health`]), or `None` when
+/// the measurement could not run.
+async fn measure_health<R: PodRuntime>(
+    settings: &NodeSettings,
+    runtime: &R,
+    previous: &[wire::ConditionReport],
+) -> Option<Vec<wire::ConditionReport>> {
+    let runtime_health = runtime.health();
+    let dir = settings.state_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::health::check(&dir, runtime_health)).await {
+        Ok(reading) => Some(crate::health::conditions(
+            &settings.facts.node,
+            &reading,
+            previous,
+            jiff::Timestamp::now().as_second(),
+        )),
+        Err(e) => {
+            warn!(error = %e, "measuring the node's health failed");
+            None
+        }
+    }
 }
 
 /// The node's events of a start: `Starting`, and `Rebooted` when the

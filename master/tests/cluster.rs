@@ -342,7 +342,11 @@ fn killing_an_agent_flips_its_node_not_ready_and_back() {
     // it back.
     agent.signal("STOP");
     let node = wait_ready(&master, "pi-1", "Unknown", Duration::from_secs(10));
-    let message = node["status"]["conditions"][0]["message"].to_string();
+    let message = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default();
     assert!(message.contains("stopped reporting"), "{node}");
     agent.signal("CONT");
     wait_ready(&master, "pi-1", "True", SETTLE);

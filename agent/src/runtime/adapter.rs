@@ -375,6 +375,13 @@ impl PodRuntime for LinuxPodRuntime {
         self.runtime.status_changes()
     }
 
+    fn health(&self) -> crate::health::RuntimeHealth {
+        crate::health::RuntimeHealth {
+            runtime: self.runtime.health(),
+            network: lock(&self.net).node_error.clone(),
+        }
+    }
+
     fn container_log(&self, uid: &str, container: &str) -> LogLocation {
         match self.runtime.log_path(uid, container) {
             Some(path) => LogLocation::At(path),

@@ -452,6 +452,30 @@ impl Runtime for LinuxRuntime {
         Some(self.inner.status_changes.subscribe())
     }
 
+    fn health(&self) -> Option<String> {
+        let pods = self.inner.node_dir().join("pods");
+        if !pods.is_dir() {
+            return Some(format!(
+                "the runtime directory {} is missing (was {} cleared?): restart bramble-agent to recreate it",
+                pods.display(),
+                self.inner.cfg.run_dir.display()
+            ));
+        }
+        if nix::unistd::access(&pods, nix::unistd::AccessFlags::W_OK).is_err() {
+            return Some(format!(
+                "the runtime directory {} is not writable",
+                pods.display()
+            ));
+        }
+        if !self.inner.cfg.shim_binary.is_file() {
+            return Some(format!(
+                "the container shim {} is missing: reinstall bramble-agent",
+                self.inner.cfg.shim_binary.display()
+            ));
+        }
+        None
+    }
+
     fn log_path(&self, pod_uid: &str, container: &str) -> Option<PathBuf> {
         let h = lock(&self.inner.pods).get(pod_uid).cloned()?;
         let d = lock(&h.desired);

@@ -132,6 +132,11 @@ pub trait Runtime: Send + Sync {
     fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// Why the runtime cannot start containers now (`None`: it can). Cheap:
+    /// called at every node health check.
+    fn health(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Settings of the real runtime. Paths carry the node's identity so two

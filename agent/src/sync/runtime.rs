@@ -106,6 +106,12 @@ pub trait PodRuntime: Send + Sync + 'static {
         None
     }
 
+    /// Whether the runtime and its pod network can run pods now, for the
+    /// node's `Ready` condition. Cheap. Healthy by default.
+    fn health(&self) -> crate::health::RuntimeHealth {
+        crate::health::RuntimeHealth::default()
+    }
+
     /// Where container `container` of pod `uid` logs. Called by the log
     /// requests of `bramble logs`; must be cheap. [`LogLocation::NotKept`]
     /// by default.
