@@ -52,7 +52,7 @@ pub enum RegistriesError {
 }
 
 /// `registries.yaml`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistriesConfig {
     /// Mirrors by registry host (`docker.io`, `*` for every registry).
@@ -64,7 +64,7 @@ pub struct RegistriesConfig {
 }
 
 /// One registry's mirrors.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Mirror {
     /// Endpoint URLs (`https://host[:port]`), tried in order.
@@ -77,7 +77,7 @@ pub struct Mirror {
 }
 
 /// Authentication and TLS for one host.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Credentials.
@@ -89,7 +89,7 @@ pub struct HostConfig {
 }
 
 /// Credentials for a host (k3s/containerd `auth`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// User name.
@@ -107,7 +107,7 @@ pub struct AuthConfig {
 }
 
 /// TLS for a host (k3s `tls`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// CA bundle (PEM) trusted for this host, besides the system roots.
