@@ -110,13 +110,20 @@ fn runtime_pulls_an_image_with_kubelet_events_and_image_id() {
     assert_eq!(pulling.message, format!("Pulling image \"{image}\""));
     assert_eq!(pulling.field_path, "spec.containers{main}");
     assert!(!pulling.warning);
-    let pulled = seen.iter().find(|e| e.reason == "Pulled").unwrap();
+    let all: Vec<String> = seen
+        .iter()
+        .map(|e| format!("{} x{}: {}", e.reason, e.count, e.message))
+        .collect();
+    let pulled = seen
+        .iter()
+        .find(|e| e.reason == "Pulled")
+        .unwrap_or_else(|| panic!("{all:#?}"));
     let re = regex::Regex::new(&format!(
         r#"^Successfully pulled image "{}" in [0-9.]+m?s \([0-9.]+m?s including waiting\)\. Image size: [0-9]+ bytes\.$"#,
         regex::escape(&image)
     ))
     .unwrap();
-    assert!(re.is_match(&pulled.message), "{}", pulled.message);
+    assert!(re.is_match(&pulled.message), "{all:#?}");
     node.rt().kill_pod(d.uid(), Some(Duration::ZERO)).unwrap();
 }
 

@@ -1195,6 +1195,10 @@ impl Inner {
                 ))
             }
         };
+        if self.pulls.has_job(&format!("{}_{}", d.uid(), c.image)) {
+            // A pull of ours is running or just ended: report it first.
+            return self.pull_image(d, c, local, &event);
+        }
         match (policy.as_str(), local) {
             ("Never", Some(img)) => return Ok(img),
             ("Never", None) => {

@@ -165,6 +165,11 @@ impl ImagePulls {
         (e.last_update.elapsed() < e.delay).then(|| e.message.clone())
     }
 
+    /// Whether a pull for `key` is running or has a result not yet polled.
+    pub fn has_job(&self, key: &str) -> bool {
+        lock(&self.jobs).contains_key(key)
+    }
+
     /// Marks the back-off of `key` as caused by an unreachable registry.
     pub fn mark_unreachable(&self, key: &str) {
         if let Some(e) = lock(&self.backoff).get_mut(key) {
