@@ -243,9 +243,10 @@ impl Keyring {
             if !host_matches(&canonical_host(khost), &host) {
                 continue;
             }
-            if !kpath.is_empty()
-                && !(repository == kpath || repository.starts_with(&format!("{kpath}/")))
-            {
+            let path_matches = kpath.is_empty()
+                || repository == kpath
+                || repository.starts_with(&format!("{kpath}/"));
+            if !path_matches {
                 continue;
             }
             let score = key.len();

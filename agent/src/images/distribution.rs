@@ -177,6 +177,17 @@ pub struct Progress {
     pub resumed: AtomicU64,
 }
 
+/// One blob to download into a partial file.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobDownload<'a> {
+    /// `sha256:` digest.
+    pub digest: &'a str,
+    /// Size from the manifest.
+    pub size: u64,
+    /// The partial file (kept across attempts).
+    pub partial: &'a Path,
+}
+
 /// The registry client (cheap to share behind an `Arc`).
 pub struct RegistryClient {
     opts: ClientOptions,
@@ -687,12 +698,15 @@ impl RegistryClient {
         &self,
         ep: &Endpoint,
         creds: Option<&Credentials>,
-        digest: &str,
-        size: u64,
-        partial: &Path,
+        blob: &BlobDownload<'_>,
         cancel: &AtomicBool,
         progress: &Progress,
     ) -> Result<bool, RegistryError> {
+        let BlobDownload {
+            digest,
+            size,
+            partial,
+        } = *blob;
         let io_err = |source: io::Error| RegistryError::Io {
             path: partial.display().to_string(),
             source,

@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 use super::auth::{Credentials, Keyring};
 use super::distribution::{
-    ClientOptions, FetchedManifest, Progress, RegistryClient, RegistryError, MAX_CONFIG_BYTES,
+    BlobDownload, ClientOptions, FetchedManifest, Progress, RegistryClient, RegistryError,
+    MAX_CONFIG_BYTES,
 };
 use super::platform::{self, Platform};
 use super::registries::Endpoint;
@@ -40,7 +41,7 @@ pub enum PullError {
         image: String,
         /// What the registry (or the link) said.
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// The index offers no image for the node's platform.
     #[error("failed to pull and unpack image {image:?}: no image for platform {want} in the index (it offers {offered})")]
@@ -67,7 +68,7 @@ pub enum PullError {
         image: String,
         /// The error.
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// The store refused the image (bad layer, full disk, ...).
     #[error("failed to pull and unpack image {image:?}: {source}")]
@@ -76,7 +77,7 @@ pub enum PullError {
         image: String,
         /// The error.
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
 }
 
@@ -308,17 +309,27 @@ impl Puller {
         let Some((ep, creds, top)) = resolved else {
             return Err(PullError::Resolve {
                 image,
-                source: last_err.unwrap_or_else(|| RegistryError::Protocol("no endpoint".into())),
+                source: Box::new(
+                    last_err.unwrap_or_else(|| RegistryError::Protocol("no endpoint".into())),
+                ),
             });
         };
         let creds = creds.as_ref();
         let fetch_err = |source| PullError::Fetch {
             image: image.clone(),
-            source,
+            source: Box::new(source),
         };
         let repo_digest = top.digest.clone();
         let manifest = if INDEX_TYPES.contains(&top.media_type.as_str()) {
             let child = self.pick_from_index(&image, &top)?;
+            if !child.media_type.is_empty() && !MANIFEST_TYPES.contains(&child.media_type.as_str())
+            {
+                // A nested index or an artifact: not an image to run.
+                return Err(PullError::UnsupportedMediaType {
+                    image,
+                    media_type: child.media_type,
+                });
+            }
             let m = self
                 .client
                 .fetch_manifest(&ep, creds, &child.digest, Some(child.size))
@@ -393,7 +404,7 @@ impl Puller {
             })
             .map_err(|source| PullError::Store {
                 image: image.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let duration = started.elapsed();
         let received = progress.received.load(Ordering::Relaxed);
@@ -424,7 +435,10 @@ impl Puller {
         let doc: IndexJson =
             serde_json::from_slice(&index.bytes).map_err(|e| PullError::Fetch {
                 image: image.to_string(),
-                source: RegistryError::Protocol(format!("malformed index {}: {e}", index.digest)),
+                source: Box::new(RegistryError::Protocol(format!(
+                    "malformed index {}: {e}",
+                    index.digest
+                ))),
             })?;
         let manifests: Vec<Descriptor> = doc
             .manifests
@@ -455,10 +469,6 @@ impl Puller {
                 },
             }),
         }
-        .map(|d| {
-            let _ = &d.media_type;
-            d
-        })
     }
 
     fn fetch_layers(
@@ -579,9 +589,14 @@ impl Puller {
         let mut delay = self.retry_base;
         loop {
             let before = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            let blob = BlobDownload {
+                digest,
+                size,
+                partial: &partial,
+            };
             let outcome = self
                 .client
-                .fetch_blob_attempt(ep, creds, digest, size, &partial, cancel, progress);
+                .fetch_blob_attempt(ep, creds, &blob, cancel, progress);
             match outcome {
                 Ok(true) => {
                     return self.store.commit_blob(&partial, digest).map_err(|e| {

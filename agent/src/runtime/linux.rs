@@ -1200,16 +1200,14 @@ impl Inner {
             return self.pull_image(d, c, local, &event);
         }
         match (policy.as_str(), local) {
-            ("Never", Some(img)) => return Ok(img),
-            ("Never", None) => {
-                return Err(StartError::Waiting(
-                    "ErrImageNeverPull".into(),
-                    format!(
-                        "Container image \"{}\" is not present with pull policy of Never",
-                        c.image
-                    ),
-                ))
-            }
+            ("Never", Some(img)) => Ok(img),
+            ("Never", None) => Err(StartError::Waiting(
+                "ErrImageNeverPull".into(),
+                format!(
+                    "Container image \"{}\" is not present with pull policy of Never",
+                    c.image
+                ),
+            )),
             ("Always", local) => self.pull_image(d, c, local, &event),
             (_, Some(img)) => {
                 event(

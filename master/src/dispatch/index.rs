@@ -516,7 +516,7 @@ mod tests {
             ],
             &[with_secret, pod("web", "pi-2")],
             &[],
-            &[regcred.clone()],
+            std::slice::from_ref(&regcred),
         );
         let names = |n: &str| -> Vec<String> {
             index
