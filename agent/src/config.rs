@@ -15,6 +15,7 @@
 //! node-address = "192.168.1.21"          # optional, default: the default route's interface address
 //! network = true                         # optional, false: no pod network (pods get only `lo`)
 //! bridge = "bramble0"                    # optional, the pod bridge (one per agent sharing a network namespace)
+//! registries = "/etc/bramble/registries.yaml" # optional, k3s' registries.yaml: mirrors, auth, TLS
 //! ```
 //!
 //! Flags override the file. An unknown key in the file is an error that names
@@ -28,6 +29,7 @@ use bramble_common::endpoint::{validate_node_name, TLS_NOT_YET};
 pub use bramble_common::endpoint::{BrokerUrl, MqttTransport};
 use serde::Deserialize;
 
+use crate::images::registries::RegistriesConfig;
 use crate::network::names::valid_ifname;
 use crate::network::DEFAULT_BRIDGE;
 
@@ -43,6 +45,9 @@ pub const DEFAULT_HEARTBEAT_SECONDS: u64 = 10;
 /// Largest accepted heartbeat interval (one hour): anything slower makes a
 /// dead node look alive for too long.
 pub const MAX_HEARTBEAT_SECONDS: u64 = 3600;
+/// Where the agent looks for `registries.yaml` when `registries` is not
+/// set (a missing file there is not an error).
+pub const DEFAULT_REGISTRIES_PATH: &str = "/etc/bramble/registries.yaml";
 /// Default cluster name: the second level of every MQTT topic.
 pub const DEFAULT_CLUSTER: &str = "bramble";
 
@@ -106,6 +111,7 @@ struct AgentConfigFile {
     node_address: Option<String>,
     network: Option<bool>,
     bridge: Option<String>,
+    registries: Option<PathBuf>,
 }
 
 /// Values given on the command line; each one that is set wins over the file.
@@ -129,6 +135,8 @@ pub struct ConfigOverrides {
     pub network: Option<bool>,
     /// `--bridge`.
     pub bridge: Option<String>,
+    /// `--registries`.
+    pub registries: Option<PathBuf>,
 }
 
 /// The validated, effective configuration of the agent.
@@ -161,6 +169,10 @@ pub struct AgentConfig {
     /// The pod bridge's name (default `bramble0`). Two agents sharing one
     /// network namespace need different bridges.
     pub bridge: String,
+    /// The `registries.yaml` in use, if any (k3s format).
+    pub registries_file: Option<PathBuf>,
+    /// Its content (empty without a file).
+    pub registries: RegistriesConfig,
 }
 
 /// `Debug` never shows the token.
@@ -179,6 +191,7 @@ impl fmt::Debug for AgentConfig {
             .field("node_address", &self.node_address)
             .field("network", &self.network)
             .field("bridge", &self.bridge)
+            .field("registries_file", &self.registries_file)
             .finish()
     }
 }
@@ -338,7 +351,32 @@ impl AgentConfig {
                 reason: "not an interface name: use 1 to 15 characters without `/`, `:` or spaces, e.g. bramble0".into(),
             });
         }
+        let (registries_file, registries) = match overrides.registries.clone().or(file.registries) {
+            Some(p) => {
+                let cfg = RegistriesConfig::load(&p).map_err(|e| ConfigError::Invalid {
+                    key: "registries",
+                    value: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                (Some(p), cfg)
+            }
+            None => {
+                let p = PathBuf::from(DEFAULT_REGISTRIES_PATH);
+                if p.is_file() {
+                    let cfg = RegistriesConfig::load(&p).map_err(|e| ConfigError::Invalid {
+                        key: "registries",
+                        value: p.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    (Some(p), cfg)
+                } else {
+                    (None, RegistriesConfig::default())
+                }
+            }
+        };
         Ok(Self {
+            registries_file,
+            registries,
             master,
             node,
             token,
@@ -391,6 +429,24 @@ impl AgentConfig {
                 "ca-file = {}\n",
                 toml_string(&ca.to_string_lossy())
             ));
+        }
+        match &self.registries_file {
+            Some(p) => {
+                out.push_str(&format!(
+                    "registries = {}\n",
+                    toml_string(&p.to_string_lossy())
+                ));
+                let lines = self.registries.describe();
+                if lines.is_empty() {
+                    out.push_str("#   (no mirrors or configs)\n");
+                }
+                for line in lines {
+                    out.push_str(&format!("#   {line}\n"));
+                }
+            }
+            None => out.push_str(&format!(
+                "# registries: none ({DEFAULT_REGISTRIES_PATH} does not exist); pulls go to each image's registry\n"
+            )),
         }
         out
     }

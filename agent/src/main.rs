@@ -95,6 +95,9 @@ struct Cli {
     /// The pod bridge [default: bramble0]; agents sharing a network namespace need one each.
     #[arg(long, global = true, value_name = "NAME")]
     bridge: Option<String>,
+    /// Registry mirrors, credentials and TLS: a k3s registries.yaml [default: /etc/bramble/registries.yaml if it exists].
+    #[arg(long, global = true, value_name = "FILE")]
+    registries: Option<PathBuf>,
     /// Test and benchmark tool: run N simulated nodes in this process.
     #[arg(long, value_name = "N", requires = "sim_credentials")]
     sim_nodes: Option<usize>,
@@ -130,6 +133,14 @@ enum ImageCommand {
     Import {
         /// The directory or archive (.tar, .tar.gz).
         file: PathBuf,
+    },
+    /// Pull an image from its registry (through the mirrors of registries.yaml).
+    Pull {
+        /// The image reference (`nginx:1.25`, `ghcr.io/o/r@sha256:...`).
+        reference: String,
+        /// Pull for another platform than this node's (`linux/arm/v6`).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
     },
     /// List the images.
     Ls,
@@ -171,6 +182,7 @@ fn main() -> ExitCode {
         node_address: cli.node_address,
         network: cli.no_network.then_some(false),
         bridge: cli.bridge,
+        registries: cli.registries,
     };
     if let Some(command @ (Command::Image { .. } | Command::Reset)) = &cli.command {
         return match local_command(command, cli.config.as_deref(), &overrides) {
@@ -265,6 +277,7 @@ struct LocalSettings {
     run_dir: PathBuf,
     node: Option<String>,
     bridge: String,
+    registries: Result<bramble_agent::images::registries::RegistriesConfig, String>,
 }
 
 /// The settings of the subcommands that work on this machine only: from the
@@ -277,8 +290,10 @@ fn local_settings(config_path: Option<&Path>, overrides: &ConfigOverrides) -> Lo
             run_dir: config.run_dir,
             node: Some(config.node),
             bridge: config.bridge,
+            registries: Ok(config.registries),
         },
-        Err(_) => LocalSettings {
+        Err(e) => LocalSettings {
+            registries: local_registries(overrides, &e),
             state_dir: overrides
                 .state_dir
                 .clone()
@@ -296,6 +311,29 @@ fn local_settings(config_path: Option<&Path>, overrides: &ConfigOverrides) -> Lo
     }
 }
 
+/// `registries.yaml` for the local subcommands when the whole configuration
+/// does not load (no master or token on this machine, say).
+fn local_registries(
+    overrides: &ConfigOverrides,
+    config_error: &bramble_agent::config::ConfigError,
+) -> Result<bramble_agent::images::registries::RegistriesConfig, String> {
+    use bramble_agent::images::registries::RegistriesConfig;
+    if let bramble_agent::config::ConfigError::Invalid {
+        key: "registries", ..
+    } = config_error
+    {
+        return Err(config_error.to_string());
+    }
+    let path = overrides.registries.clone().or_else(|| {
+        let p = PathBuf::from(bramble_agent::config::DEFAULT_REGISTRIES_PATH);
+        p.is_file().then_some(p)
+    });
+    match path {
+        Some(p) => RegistriesConfig::load(&p).map_err(|e| e.to_string()),
+        None => Ok(RegistriesConfig::default()),
+    }
+}
+
 /// `image ...` and `reset`.
 fn local_command(
     command: &Command,
@@ -307,6 +345,7 @@ fn local_command(
         run_dir,
         node,
         bridge,
+        registries,
     } = local_settings(config_path, overrides);
     match command {
         Command::Image { command } => {
@@ -321,6 +360,47 @@ fn local_command(
                     for image in images {
                         println!("imported {} {}", image.short_id(), image.names.join(" "));
                     }
+                }
+                ImageCommand::Pull {
+                    reference,
+                    platform,
+                } => {
+                    use bramble_agent::images::platform::Platform;
+                    let registries = registries.map_err(anyhow::Error::msg)?;
+                    let platform = match platform {
+                        Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,
+                        None => Platform::host(),
+                    };
+                    let puller = bramble_agent::images::pull::Puller::new(
+                        store.clone(),
+                        bramble_agent::images::distribution::ClientOptions {
+                            registries,
+                            ..Default::default()
+                        },
+                        platform,
+                    );
+                    let cancel = std::sync::atomic::AtomicBool::new(false);
+                    let out = puller
+                        .pull(
+                            reference,
+                            &bramble_agent::images::auth::Keyring::default(),
+                            &cancel,
+                        )
+                        .with_context(|| format!("cannot pull {reference}"))?;
+                    println!(
+                        "pulled {} {} {} ({} bytes; {} received, {} resumed from an earlier attempt; {:.1}s)",
+                        out.image.short_id(),
+                        out.image.platform,
+                        out.image
+                            .repo_digests
+                            .first()
+                            .cloned()
+                            .unwrap_or_default(),
+                        out.size,
+                        out.received,
+                        out.resumed,
+                        out.duration.as_secs_f64()
+                    );
                 }
                 ImageCommand::Ls => {
                     println!("{:<14} {:<14} {:>10}  NAMES", "ID", "PLATFORM", "SIZE");
@@ -393,6 +473,7 @@ fn real_runtime(
         config.run_dir.clone(),
     );
     runtime_config.events = events;
+    runtime_config.registries = config.registries.clone();
     let runtime =
         LinuxRuntime::new(runtime_config).context("cannot start the container runtime")?;
     let preload = config.state_dir.join("preload");

@@ -110,11 +110,9 @@ fn runtime_missing_image_waits_with_err_image_never_pull() {
         return;
     }
     let node = TestNode::new("noimg");
-    let d = pod(
-        "noimg",
-        vec![container("main", "bramble.test/nope:9", &[])],
-        "Always",
-    );
+    let mut c = container("main", "bramble.test/nope:9", &[]);
+    c.image_pull_policy = Some("Never".into());
+    let d = pod("noimg", vec![c], "Always");
     node.rt().sync_pod(&d).unwrap();
     let s = wait_status(node.rt(), d.uid(), T, |s| {
         s.container_statuses
@@ -132,7 +130,10 @@ fn runtime_missing_image_waits_with_err_image_never_pull() {
         .unwrap()
         .message
         .unwrap();
-    assert!(msg.contains("bramble.test/nope:9"), "{msg}");
+    assert_eq!(
+        msg,
+        "Container image \"bramble.test/nope:9\" is not present with pull policy of Never"
+    );
 }
 
 fn process_exists(pid: i32) -> bool {

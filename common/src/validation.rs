@@ -1136,13 +1136,14 @@ fn validate_env(env: &[EnvVar], path: &str, errs: &mut Errors) {
             );
         }
         let sources = usize::from(from.field_ref.is_some())
+            + usize::from(from.resource_field_ref.is_some())
             + usize::from(from.config_map_key_ref.is_some())
             + usize::from(from.secret_key_ref.is_some());
         if sources == 0 {
             errs.invalid(
                 from_path.clone(),
                 "",
-                "must specify one of: `fieldRef`, `configMapKeyRef` or `secretKeyRef`",
+                "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
             );
         } else if sources > 1 {
             errs.invalid(
@@ -1159,6 +1160,112 @@ fn validate_env(env: &[EnvVar], path: &str, errs: &mut Errors) {
         }
         if let Some(selector) = &from.secret_key_ref {
             validate_key_selector(selector, &child(&from_path, "secretKeyRef"), errs);
+        }
+        if let Some(selector) = &from.resource_field_ref {
+            validate_resource_field_ref(selector, &child(&from_path, "resourceFieldRef"), errs);
+        }
+    }
+}
+
+/// The resources `resourceFieldRef` may name.
+const RESOURCE_FIELDS: [&str; 6] = [
+    "limits.cpu",
+    "limits.ephemeral-storage",
+    "limits.memory",
+    "requests.cpu",
+    "requests.ephemeral-storage",
+    "requests.memory",
+];
+
+/// `resourceFieldRef` (Kubernetes' `validateContainerResourceFieldSelector`
+/// and `validateContainerResourceDivisor`).
+fn validate_resource_field_ref(selector: &ResourceFieldSelector, path: &str, errs: &mut Errors) {
+    if selector.resource.is_empty() {
+        errs.required(child(path, "resource"));
+        return;
+    }
+    if !RESOURCE_FIELDS.contains(&selector.resource.as_str()) {
+        errs.not_supported(
+            child(path, "resource"),
+            &selector.resource,
+            &RESOURCE_FIELDS,
+        );
+        return;
+    }
+    let Some(divisor) = &selector.divisor else {
+        return;
+    };
+    let allowed: &[&str] = if selector.resource.ends_with(".cpu") {
+        &["1m", "1"]
+    } else {
+        &[
+            "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
+        ]
+    };
+    let parsed = divisor
+        .as_str()
+        .parse::<crate::quantity::ParsedQuantity>()
+        .ok();
+    let fits = allowed.iter().any(|unit| {
+        unit.parse::<crate::quantity::ParsedQuantity>().ok() == parsed && parsed.is_some()
+    });
+    if !fits {
+        let resource = selector.resource.split('.').nth(1).unwrap_or("");
+        let message = if resource == "cpu" {
+            "only divisor's values 1m and 1 are supported with the cpu resource".to_string()
+        } else {
+            format!(
+                "only divisor's values {} are supported with the {resource} resource",
+                allowed.join(", ")
+            )
+        };
+        errs.invalid(child(path, "divisor"), divisor.as_str(), message);
+    }
+}
+
+/// `envFrom` (Kubernetes' `validateEnvFrom`).
+fn validate_env_from(sources: &[EnvFromSource], path: &str, errs: &mut Errors) {
+    for (i, source) in sources.iter().enumerate() {
+        let source_path = index(path, i);
+        if let Some(prefix) = source.prefix.as_deref().filter(|p| !p.is_empty()) {
+            if prefix.contains('=') || !prefix.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+                errs.invalid(
+                    child(&source_path, "prefix"),
+                    prefix,
+                    "a valid environment variable name must consist only of printable ASCII characters other than '='",
+                );
+            }
+        }
+        let refs = [
+            ("configMapRef", &source.config_map_ref),
+            ("secretRef", &source.secret_ref),
+        ];
+        let given = refs.iter().filter(|(_, r)| r.is_some()).count();
+        if given == 0 {
+            errs.invalid(
+                source_path.clone(),
+                "",
+                "must specify one of: `configMapRef` or `secretRef`",
+            );
+        } else if given > 1 {
+            errs.invalid(
+                source_path.clone(),
+                "",
+                "may not have more than one field specified at a time",
+            );
+        }
+        for (field, reference) in refs {
+            let Some(reference) = reference else { continue };
+            let name_path = child(&child(&source_path, field), "name");
+            if reference.name.is_empty() {
+                errs.required(name_path);
+            } else {
+                errs.invalid_each(
+                    &name_path,
+                    &reference.name,
+                    is_dns1123_subdomain(&reference.name),
+                );
+            }
         }
     }
 }
@@ -1258,6 +1365,7 @@ fn validate_container(
     }
 
     validate_env(&container.env, &child(path, "env"), errs);
+    validate_env_from(&container.env_from, &child(path, "envFrom"), errs);
     if let Some(resources) = &container.resources {
         validate_resources(resources, &child(path, "resources"), errs);
     }

@@ -79,6 +79,8 @@ pub struct ImageBuilder {
     pub name: String,
     /// GOARCH name (`amd64`, `arm64`).
     pub architecture: String,
+    /// ARM variant (`v6`, `v7`, `v8`), if any.
+    pub variant: Option<String>,
     /// Execution defaults.
     pub config: ExecConfig,
     /// Layers, bottom first.
@@ -104,6 +106,7 @@ impl ImageBuilder {
         ImageBuilder {
             name: name.to_string(),
             architecture: platform.split('/').nth(1).unwrap_or("amd64").to_string(),
+            variant: None,
             config: ExecConfig::default(),
             layers: Vec::new(),
             compression: LayerCompression::Gzip,
@@ -187,13 +190,16 @@ impl ImageBuilder {
     }
 
     fn config_json(&self, layers: &[BuiltLayer]) -> io::Result<Vec<u8>> {
-        serde_json::to_vec(&serde_json::json!({
+        let mut config = serde_json::json!({
             "architecture": self.architecture,
             "os": "linux",
             "config": self.config,
             "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
-        }))
-        .map_err(io::Error::other)
+        });
+        if let Some(v) = &self.variant {
+            config["variant"] = serde_json::Value::String(v.clone());
+        }
+        serde_json::to_vec(&config).map_err(io::Error::other)
     }
 
     /// Writes an OCI image layout into `dir` (created if needed).

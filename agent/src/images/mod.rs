@@ -5,7 +5,9 @@
 //! - `layers/{diff-id-hex}/`: each layer unpacked once, in overlayfs form;
 //! - `images.json`: the imported images (names, digests, platform, config);
 //! - `leases/{key}`: images in use by containers (`rm` refuses those);
-//! - `tmp/`: scratch space for imports.
+//! - `tmp/`: scratch space for imports;
+//! - `ingest/{hex}.partial`: blobs being pulled, kept across cuts, agent
+//!   restarts and reboots so the next attempt resumes where this one stopped.
 //!
 //! Imports accept an OCI image layout (a directory or a tar of one, as
 //! written by `skopeo`, `umoci`, `buildah`, `docker save` from Docker 25 on)
@@ -16,9 +18,14 @@
 //! several processes (the agent and `bramble-agent image import`) is
 //! serialised by an exclusive lock on `images.lock`.
 
+pub mod auth;
 pub mod build;
 pub mod busybox;
+pub mod distribution;
+pub mod platform;
+pub mod pull;
 pub mod reference;
+pub mod registries;
 pub mod unpack;
 
 use std::collections::BTreeMap;
@@ -183,6 +190,10 @@ pub struct ImageRecord {
     pub size: u64,
     /// Execution defaults from the image config.
     pub config: ExecConfig,
+    /// `repository@sha256:...` digests the image was pulled by (what
+    /// `status.containerStatuses[].imageID` shows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
 }
 
 impl ImageRecord {
@@ -293,6 +304,25 @@ pub mod media_types {
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 }
 
+/// A pulled image, its blobs fetched, for [`ImageStore::commit_pulled`].
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// The tagged name (`docker.io/library/nginx:1.25`), if pulled by tag.
+    pub name: Option<String>,
+    /// `docker.io/library/nginx`.
+    pub repository: String,
+    /// Digest of what the reference resolved to (the index or manifest).
+    pub repo_digest: String,
+    /// The platform manifest's bytes.
+    pub manifest: Vec<u8>,
+    /// The config's bytes.
+    pub config: Vec<u8>,
+    /// Layer blobs (digest, size), bottom first, already in the store.
+    pub layers: Vec<(String, u64)>,
+    /// The image's platform.
+    pub platform: platform::Platform,
+}
+
 /// The image store. Cheap to clone (it is a path).
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -307,7 +337,7 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `{state_dir}/images`.
     pub fn open(state_dir: &Path) -> Result<ImageStore, ImageError> {
         let root = state_dir.join("images");
-        for d in ["blobs/sha256", "layers", "leases", "tmp"] {
+        for d in ["blobs/sha256", "layers", "leases", "tmp", "ingest"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -406,9 +436,14 @@ impl ImageStore {
                 reason: "no oci-layout + index.json and no manifest.json".into(),
             });
         };
+        self.add_records(&imported)?;
+        Ok(imported)
+    }
+
+    /// Adds images to the index; a name moves to the image added last.
+    fn add_records(&self, records: &[ImageRecord]) -> Result<(), ImageError> {
         let mut index = self.read_index()?;
-        for rec in &imported {
-            // A name moves to the newly imported image.
+        for rec in records {
             for other in index.images.iter_mut() {
                 other.names.retain(|n| !rec.names.contains(n));
             }
@@ -419,12 +454,89 @@ impl ImageStore {
                             existing.names.push(n.clone());
                         }
                     }
+                    for d in &rec.repo_digests {
+                        if !existing.repo_digests.contains(d) {
+                            existing.repo_digests.push(d.clone());
+                        }
+                    }
+                    existing.manifest_digest = rec.manifest_digest.clone();
                 }
                 None => index.images.push(rec.clone()),
             }
         }
-        self.write_index(&index)?;
-        Ok(imported)
+        self.write_index(&index)
+    }
+
+    /// Path of the partial download of blob `digest`.
+    pub fn ingest_path(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}.partial", hex_of(digest)))
+    }
+
+    /// Whether blob `digest` is in the store with `size` bytes.
+    pub fn has_blob(&self, digest: &str, size: u64) -> bool {
+        fs::metadata(self.blob_path(digest))
+            .map(|m| m.is_file() && m.len() == size)
+            .unwrap_or(false)
+    }
+
+    /// Moves a complete, verified download into the blobs.
+    pub fn commit_blob(&self, partial: &Path, digest: &str) -> Result<(), ImageError> {
+        let dest = self.blob_path(digest);
+        fs::rename(partial, &dest).map_err(io_err(&dest))
+    }
+
+    /// Records a pulled image whose layer blobs are in the store: stores
+    /// its manifest and config, unpacks the layers (checking each diff ID)
+    /// and names it. A layer that cannot be unpacked is removed with its
+    /// partial unpack, so the next pull starts clean.
+    pub fn commit_pulled(&self, pulled: &PulledImage) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock()?;
+        let config: ImageConfigDoc =
+            serde_json::from_slice(&pulled.config).map_err(|source| ImageError::Json {
+                what: "image config".into(),
+                source,
+            })?;
+        if config.rootfs.diff_ids.len() != pulled.layers.len() {
+            return Err(ImageError::UnknownFormat {
+                path: pulled.repository.clone(),
+                reason: format!(
+                    "config lists {} layers, manifest {}",
+                    config.rootfs.diff_ids.len(),
+                    pulled.layers.len()
+                ),
+            });
+        }
+        for (i, (digest, size)) in pulled.layers.iter().enumerate() {
+            if !self.has_blob(digest, *size) {
+                return Err(ImageError::NotFound(digest.clone()));
+            }
+            let blob = self.blob_path(digest);
+            if let Err(e) = self.unpack_once(&blob, &config.rootfs.diff_ids[i]) {
+                let _ = fs::remove_file(&blob);
+                return Err(e);
+            }
+        }
+        let id = self.put_blob(&pulled.config)?;
+        let manifest_digest = self.put_blob(&pulled.manifest)?;
+        let rec = ImageRecord {
+            id,
+            manifest_digest,
+            names: pulled.name.iter().cloned().collect(),
+            platform: pulled.platform.to_string(),
+            layers: config.rootfs.diff_ids.clone(),
+            size: pulled.layers.iter().map(|(_, s)| s).sum(),
+            config: config.config.unwrap_or_default(),
+            repo_digests: vec![format!("{}@{}", pulled.repository, pulled.repo_digest)],
+        };
+        self.add_records(std::slice::from_ref(&rec))?;
+        let index = self.read_index()?;
+        Ok(index
+            .images
+            .into_iter()
+            .find(|i| i.id == rec.id)
+            .unwrap_or(rec))
     }
 
     fn import_oci_layout(&self, dir: &Path, origin: &Path) -> Result<Vec<ImageRecord>, ImageError> {
@@ -653,6 +765,7 @@ impl ImageStore {
             layers: config.rootfs.diff_ids.clone(),
             size,
             config: config.config.unwrap_or_default(),
+            repo_digests: Vec::new(),
         })
     }
 
@@ -844,10 +957,13 @@ fn find<'a>(index: &'a StoreIndex, reference: &str) -> Option<&'a ImageRecord> {
     }
     let parsed = ImageRef::parse(r)?;
     if let Some(d) = &parsed.digest {
-        return index
-            .images
-            .iter()
-            .find(|i| i.manifest_digest == *d || i.id == *d);
+        return index.images.iter().find(|i| {
+            i.manifest_digest == *d
+                || i.id == *d
+                || i.repo_digests
+                    .iter()
+                    .any(|r| *r == format!("{}@{d}", parsed.repository))
+        });
     }
     let name = parsed.tagged_name()?;
     index.images.iter().find(|i| i.names.contains(&name))

@@ -32,12 +32,42 @@ use super::backoff::{Backoff, RestartPolicy};
 use super::events::StatusEvents;
 use super::logs;
 use super::probes::{run_probe, ProbeOutcome, ProbeTarget, ProbeTracker};
+use super::pulls::{pod_keyring, ImagePulls, PullPoll};
 use super::security;
 use super::shim::{ShimConfig, ShimState, ShimStatus};
 use super::spec::{build_spec, parse_memory, MountSource, SpecInputs};
 use super::{netns, PodDesired, PodSummary, Runtime, RuntimeConfig, RuntimeError};
 use crate::events::{EventType, InvolvedPod};
 use crate::images::{write_atomic, ImageError, ImageRecord, ImageStore};
+
+/// Marks a back-off message whose pull found no registry reachable (an
+/// `Always` pod with a local image then runs it during the back-off).
+pub(super) const UNREACHABLE_MARK: &str = "(registry unreachable) ";
+
+/// A duration as Go prints a `time.Duration` truncated to milliseconds
+/// (`1.234s`, `850ms`, `2m3.5s`), as kubelet's pull events show them.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let trim = |s: String| {
+        let s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+        s
+    };
+    let h = ms / 3_600_000;
+    let m = (ms / 60_000) % 60;
+    let sec = ms % 60_000;
+    let secs = trim(format!("{}.{:03}", sec / 1000, sec % 1000));
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
+    }
+}
 
 /// How often a lasting reason to wait (a back-off, a missing image or
 /// volume) is reported again as an event (the kubelet reports it on each
@@ -111,6 +141,8 @@ struct PodHandle {
 struct Inner {
     cfg: RuntimeConfig,
     images: ImageStore,
+    /// Image pulls in flight and their back-offs.
+    pulls: ImagePulls,
     pods: Mutex<BTreeMap<String, Arc<PodHandle>>>,
     /// Wakes pod workers when a shim writes a status (None: inotify is
     /// unavailable, workers only tick).
@@ -171,9 +203,20 @@ impl LinuxRuntime {
                 None
             }
         };
+        let puller = crate::images::pull::Puller::new(
+            images.clone(),
+            crate::images::distribution::ClientOptions {
+                registries: cfg.registries.clone(),
+                stall_timeout: cfg.pull_stall_timeout,
+                ..Default::default()
+            },
+            cfg.image_platform.clone(),
+        );
+        let pulls = ImagePulls::new(Arc::new(puller), cfg.image_pull_backoff);
         let inner = Arc::new(Inner {
             cfg,
             images,
+            pulls,
             pods: Mutex::new(BTreeMap::new()),
             events: events.clone(),
             status_changes: tokio::sync::watch::Sender::new(0),
@@ -196,6 +239,7 @@ impl LinuxRuntime {
     /// Stops the pod workers without touching the containers (what happens
     /// to them when the agent exits or is upgraded). Also done on drop.
     pub fn shutdown(&self) {
+        self.inner.pulls.cancel_all();
         let pods: Vec<Arc<PodHandle>> = lock(&self.inner.pods).values().cloned().collect();
         for p in pods {
             p.stop_worker();
@@ -374,6 +418,7 @@ impl Runtime for LinuxRuntime {
                     .max(0) as u64,
             )
         });
+        self.inner.pulls.forget_pod(pod_uid);
         self.inner.terminate_pod(pod_uid, desired.as_ref(), grace)?;
         lock(&self.inner.pods).remove(pod_uid);
         Ok(())
@@ -716,6 +761,19 @@ impl Inner {
                 ),
             ),
             "ErrImageNeverPull" => ("ErrImageNeverPull", message),
+            // Pulling: the kubelet shows ContainerCreating and no event.
+            "ContainerCreating" => return,
+            "ErrImagePull" => ("Failed", "Error: ErrImagePull".to_string()),
+            "ImagePullBackOff" => {
+                self.event(
+                    d,
+                    Some((&c.name, init)),
+                    EventType::Normal,
+                    "BackOff",
+                    format!("Back-off pulling image \"{}\"", c.image),
+                );
+                ("Failed", "Error: ImagePullBackOff".to_string())
+            }
             "InvalidImageName" | "ImageInspectError" => ("InspectFailed", message),
             // The shim's failure was reported when it happened.
             "RunContainerError" => return,
@@ -1123,6 +1181,173 @@ impl Inner {
         }
     }
 
+    /// Makes sure container `c`'s image is in the store as its
+    /// `imagePullPolicy` asks, as the kubelet's image manager does: pulls
+    /// in the background (the container waits as `ContainerCreating`),
+    /// `Pulling`/`Pulled`/`Failed`/`BackOff` events, `ErrImagePull` then
+    /// `ImagePullBackOff`. With `Always` and no registry reachable, a local
+    /// copy runs (with an event saying so).
+    fn ensure_image(&self, d: &PodDesired, c: &Container) -> Result<ImageRecord, StartError> {
+        let init = d.pod.spec.init_containers.iter().any(|i| i.name == c.name);
+        let event = |t: EventType, reason: &str, message: String| {
+            self.event(d, Some((&c.name, init)), t, reason, message)
+        };
+        if crate::images::ImageRef::parse(&c.image).is_none() {
+            return Err(StartError::Waiting(
+                "InvalidImageName".into(),
+                format!(
+                    "Failed to apply default image tag \"{0}\": couldn't parse image name \"{0}\": invalid reference format",
+                    c.image
+                ),
+            ));
+        }
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+            let r = crate::images::ImageRef::parse(&c.image);
+            match r {
+                Some(r) if r.digest.is_none() && r.tag.as_deref() == Some("latest") => {
+                    "Always".into()
+                }
+                _ => "IfNotPresent".into(),
+            }
+        });
+        let local = match self.images.resolve(&c.image) {
+            Ok(img) => Some(img),
+            Err(ImageError::NotFound(_)) => None,
+            Err(e) => {
+                return Err(StartError::Waiting(
+                    "ImageInspectError".into(),
+                    e.to_string(),
+                ))
+            }
+        };
+        if self.pulls.has_job(&format!("{}_{}", d.uid(), c.image)) {
+            // A pull of ours is running or just ended: report it first.
+            return self.pull_image(d, c, local, &event);
+        }
+        match (policy.as_str(), local) {
+            ("Never", Some(img)) => Ok(img),
+            ("Never", None) => Err(StartError::Waiting(
+                "ErrImageNeverPull".into(),
+                format!(
+                    "Container image \"{}\" is not present with pull policy of Never",
+                    c.image
+                ),
+            )),
+            ("Always", local) => self.pull_image(d, c, local, &event),
+            (_, Some(img)) => {
+                event(
+                    EventType::Normal,
+                    "Pulled",
+                    format!("Container image \"{}\" already present on machine", c.image),
+                );
+                Ok(img)
+            }
+            (_, None) => self.pull_image(d, c, None, &event),
+        }
+    }
+
+    fn pull_image(
+        &self,
+        d: &PodDesired,
+        c: &Container,
+        local: Option<ImageRecord>,
+        event: &dyn Fn(EventType, &str, String),
+    ) -> Result<ImageRecord, StartError> {
+        let key = format!("{}_{}", d.uid(), c.image);
+        let names: Vec<String> = d
+            .pod
+            .spec
+            .image_pull_secrets
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        let (keyring, missing) = pod_keyring(&names, &d.secrets);
+        let handle = lock(&self.pods).get(d.uid()).cloned();
+        let poll = self.pulls.poll(&key, &c.image, keyring, move || {
+            if let Some(h) = handle {
+                h.poke();
+            }
+        });
+        match poll {
+            PullPoll::Started => {
+                if !missing.is_empty() {
+                    self.event(
+                        d,
+                        None,
+                        EventType::Warning,
+                        "FailedToRetrieveImagePullSecret",
+                        format!(
+                            "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                            missing.join(", ")
+                        ),
+                    );
+                }
+                event(
+                    EventType::Normal,
+                    "Pulling",
+                    format!("Pulling image \"{}\"", c.image),
+                );
+                Err(StartError::Waiting(
+                    "ContainerCreating".into(),
+                    String::new(),
+                ))
+            }
+            PullPoll::Running => Err(StartError::Waiting(
+                "ContainerCreating".into(),
+                String::new(),
+            )),
+            PullPoll::BackOff(message) => {
+                if let Some(img) = local.filter(|_| message.starts_with(UNREACHABLE_MARK)) {
+                    return Ok(img);
+                }
+                Err(StartError::Waiting(
+                    "ImagePullBackOff".into(),
+                    format!(
+                        "Back-off pulling image \"{}\": ErrImagePull: {message}",
+                        c.image
+                    ),
+                ))
+            }
+            PullPoll::Finished { result, waited } => match *result {
+                Ok(outcome) => {
+                    event(
+                        EventType::Normal,
+                        "Pulled",
+                        format!(
+                            "Successfully pulled image \"{}\" in {} ({} including waiting). Image size: {} bytes.",
+                            c.image,
+                            go_duration(outcome.duration),
+                            go_duration(waited),
+                            outcome.size
+                        ),
+                    );
+                    Ok(outcome.image)
+                }
+                Err(e) if e.is_unreachable() && local.is_some() => {
+                    event(
+                        EventType::Warning,
+                        "Failed",
+                        format!(
+                            "Failed to pull image \"{}\": {e}; the registry is unreachable, so the image already on the node is used",
+                            c.image
+                        ),
+                    );
+                    self.pulls
+                        .mark_unreachable(&format!("{}_{}", d.uid(), c.image));
+                    local.ok_or_else(|| StartError::Waiting("ErrImagePull".into(), e.to_string()))
+                }
+                Err(e) => {
+                    event(
+                        EventType::Warning,
+                        "Failed",
+                        format!("Failed to pull image \"{}\": {e}", c.image),
+                    );
+                    Err(StartError::Waiting("ErrImagePull".into(), e.to_string()))
+                }
+            },
+        }
+    }
+
     fn try_start(
         &self,
         d: &PodDesired,
@@ -1130,16 +1355,7 @@ impl Inner {
         c: &Container,
     ) -> Result<(), StartError> {
         let uid = d.uid().to_string();
-        let image = self.images.resolve(&c.image).map_err(|e| match e {
-            ImageError::NotFound(_) => StartError::Waiting(
-                "ErrImageNeverPull".into(),
-                format!(
-                    "Container image \"{}\" is not present on the node and bramble does not pull images yet: import it with `bramble-agent image import`",
-                    c.image
-                ),
-            ),
-            other => StartError::Waiting("InvalidImageName".into(), other.to_string()),
-        })?;
+        let image = self.ensure_image(d, c)?;
         let node_platform = crate::images::node_platform();
         if !image.platform.starts_with(&node_platform) {
             return Err(StartError::Waiting(
@@ -1150,7 +1366,7 @@ impl Inner {
                 ),
             ));
         }
-        let env = resolve_env(d, c)
+        let env = super::env::resolve_env(d, c)
             .map_err(|m| StartError::Waiting("CreateContainerConfigError".into(), m))?;
         let dir = self.container_dir(&uid, &c.name);
         let _ = fs::remove_dir_all(dir.join("rootfs"));
@@ -1246,7 +1462,11 @@ impl Inner {
         cleanup_libcontainer(&self.youki_root(), &shim_cfg.id);
         let rec = st.record.containers.entry(c.name.clone()).or_default();
         rec.attempt += 1;
-        rec.image_id = image.id.clone();
+        rec.image_id = image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
         let _ = write_json(&self.pod_dir(&uid).join("record.json"), &st.record);
         let out = std::process::Command::new(&self.cfg.shim_binary)
             .arg("shim")
@@ -1839,90 +2059,6 @@ fn project_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> io
     }
     Ok(())
 }
-
-/// The container's env from the pod: literal values, ConfigMap and Secret
-/// keys, and downward API fields.
-fn resolve_env(d: &PodDesired, c: &Container) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for e in &c.env {
-        if let Some(v) = &e.value {
-            out.push((e.name.clone(), v.clone()));
-            continue;
-        }
-        let Some(from) = &e.value_from else {
-            out.push((e.name.clone(), String::new()));
-            continue;
-        };
-        if let Some(k) = &from.config_map_key_ref {
-            match d
-                .config_maps
-                .get(&k.name)
-                .and_then(|cm| cm.data.get(&k.key))
-            {
-                Some(v) => out.push((e.name.clone(), v.clone())),
-                None if k.optional.unwrap_or(false) => {}
-                None => {
-                    return Err(format!(
-                        "configmap {} key {} not found (env {})",
-                        k.name, k.key, e.name
-                    ))
-                }
-            }
-        } else if let Some(k) = &from.secret_key_ref {
-            let v = d.secrets.get(&k.name).and_then(|s| {
-                s.string_data
-                    .get(&k.key)
-                    .map(|v| v.as_bytes().to_vec())
-                    .or_else(|| {
-                        s.data
-                            .get(&k.key)
-                            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                    })
-            });
-            match v {
-                Some(v) => out.push((e.name.clone(), String::from_utf8_lossy(&v).into_owned())),
-                None if k.optional.unwrap_or(false) => {}
-                None => {
-                    return Err(format!(
-                        "secret {} key {} not found (env {})",
-                        k.name, k.key, e.name
-                    ))
-                }
-            }
-        } else if let Some(f) = &from.field_ref {
-            let m = &d.pod.metadata;
-            let v = match f.field_path.as_str() {
-                "metadata.name" => m.name.clone(),
-                "metadata.namespace" => {
-                    Some(m.namespace.clone().unwrap_or_else(|| "default".into()))
-                }
-                "metadata.uid" => m.uid.clone(),
-                "spec.nodeName" => d.pod.spec.node_name.clone(),
-                "spec.serviceAccountName" => Some("default".into()),
-                "status.podIP" => d.pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-                "status.hostIP" => d.pod.status.as_ref().and_then(|s| s.host_ip.clone()),
-                p => {
-                    if let Some(l) = p
-                        .strip_prefix("metadata.labels['")
-                        .and_then(|s| s.strip_suffix("']"))
-                    {
-                        m.labels.get(l).cloned()
-                    } else if let Some(a) = p
-                        .strip_prefix("metadata.annotations['")
-                        .and_then(|s| s.strip_suffix("']"))
-                    {
-                        m.annotations.get(a).cloned()
-                    } else {
-                        return Err(format!("unsupported fieldRef {p} (env {})", e.name));
-                    }
-                }
-            };
-            out.push((e.name.clone(), v.unwrap_or_default()));
-        }
-    }
-    Ok(out)
-}
-
 /// Unmounts every mount at or below `path` (deepest first).
 pub(crate) fn unmount_all_under(path: &Path) {
     let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") else {
@@ -2062,6 +2198,16 @@ fn cleanup_libcontainer(root: &Path, id: &str) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(go_duration(Duration::from_millis(1234)), "1.234s");
+        assert_eq!(go_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(123_500)), "2m3.5s");
+        assert_eq!(go_duration(Duration::from_secs(60)), "1m0s");
+        assert_eq!(go_duration(Duration::from_secs(10)), "10s");
+    }
 
     #[test]
     fn leftovers_removed_only_where_empty() {

@@ -27,12 +27,14 @@
 
 pub mod adapter;
 mod backoff;
+mod env;
 mod events;
 pub mod hostcheck;
 mod linux;
 pub mod logs;
 pub mod netns;
 mod probes;
+pub mod pulls;
 mod security;
 pub mod shim;
 pub mod spec;
@@ -175,6 +177,15 @@ pub struct RuntimeConfig {
     /// Where the runtime records what it does to pods (the kubelet's
     /// events: `Created`, `Started`, `Killing`, `BackOff`, ...).
     pub events: crate::events::EventRecorder,
+    /// Mirrors, credentials and TLS for registries (`registries.yaml`).
+    pub registries: crate::images::registries::RegistriesConfig,
+    /// The platform images are pulled for (the node's own).
+    pub image_platform: crate::images::platform::Platform,
+    /// The first back-off after a failed pull (the kubelet's 10 s).
+    pub image_pull_backoff: Duration,
+    /// A pull whose connection brings no byte for this long is cut and
+    /// resumed.
+    pub pull_stall_timeout: Duration,
 }
 
 impl RuntimeConfig {
@@ -194,6 +205,10 @@ impl RuntimeConfig {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             events: crate::events::EventRecorder::disabled(),
+            registries: Default::default(),
+            image_platform: crate::images::platform::Platform::host(),
+            image_pull_backoff: pulls::IMAGE_BACKOFF_INITIAL,
+            pull_stall_timeout: Duration::from_secs(30),
         }
     }
 }

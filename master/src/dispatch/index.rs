@@ -91,10 +91,17 @@ pub fn pod_signature(object: &Value) -> u64 {
     ))
 }
 
-/// The names of the ConfigMaps and Secrets a pod spec refers to.
+/// The names of the ConfigMaps and Secrets a pod spec refers to (volumes,
+/// env, and `imagePullSecrets`: those travel, like the others, only in the
+/// desired state of the node that runs the pod).
 fn referenced_configs(spec: &PodSpec) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut config_maps = BTreeSet::new();
-    let mut secrets = BTreeSet::new();
+    let mut secrets: BTreeSet<String> = spec
+        .image_pull_secrets
+        .iter()
+        .map(|r| r.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
     for volume in &spec.volumes {
         if let Some(cm) = &volume.config_map {
             config_maps.insert(cm.name.clone());
@@ -104,6 +111,14 @@ fn referenced_configs(spec: &PodSpec) -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     for container in spec.init_containers.iter().chain(&spec.containers) {
+        for source in &container.env_from {
+            if let Some(r) = &source.config_map_ref {
+                config_maps.insert(r.name.clone());
+            }
+            if let Some(r) = &source.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
         for env in &container.env {
             if let Some(source) = &env.value_from {
                 if let Some(r) = &source.config_map_key_ref {
@@ -494,5 +509,41 @@ mod tests {
         let dirty = index.retain_pods(&HashSet::new());
         assert_eq!(dirty.nodes, nodes(&["pi-2"]));
         assert_eq!(index.bound_pods(), 0);
+    }
+
+    #[test]
+    fn pull_secrets_go_only_to_the_node_of_the_pod() {
+        let mut with_secret = pod("private", "pi-1");
+        with_secret["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+        let regcred = json!({"metadata": {"name": "regcred", "namespace": "default", "resourceVersion": "4"},
+            "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}});
+        let mut index = ClusterIndex::from_lists(
+            &[
+                node("pi-1", "10.244.0.0/24", None),
+                node("pi-2", "10.244.1.0/24", None),
+            ],
+            &[with_secret, pod("web", "pi-2")],
+            &[],
+            std::slice::from_ref(&regcred),
+        );
+        let names = |n: &str| -> Vec<String> {
+            index
+                .pods_of(n)
+                .configs
+                .iter()
+                .filter_map(|c| c.as_ref().ok().map(|c| c.name.clone()))
+                .collect()
+        };
+        assert_eq!(names("pi-1"), vec!["regcred".to_string()]);
+        assert!(names("pi-2").is_empty(), "pi-2 runs no pod that uses it");
+        // A change of the secret dirties only pi-1.
+        let mut changed = regcred;
+        changed["metadata"]["resourceVersion"] = json!("6");
+        assert_eq!(
+            index
+                .apply(Kind::Secret, &key("regcred"), Some(&changed))
+                .nodes,
+            nodes(&["pi-1"])
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Pod and container security settings in real containers, through the
-//! stock kubectl: `seccompProfile` (`RuntimeDefault`, `Unconfined`,
+//! Pod features in real containers, through the stock kubectl: the
+//! environment (`envFrom`, `configMapKeyRef`, `secretKeyRef`, `fieldRef`,
+//! `resourceFieldRef`) and the security settings: `seccompProfile` (`RuntimeDefault`, `Unconfined`,
 //! `Localhost`) at pod and container level, the Pod Security `restricted`
 //! settings (`runAsNonRoot`, `allowPrivilegeEscalation: false`,
 //! `capabilities.drop: [ALL]`, `supplementalGroups`), the kubelet's
@@ -94,7 +95,7 @@ fn waiting(master: &Master, name: &str, reason: &str) -> String {
 }
 
 #[test]
-fn seccomp_profiles_and_the_restricted_settings_in_real_containers() {
+fn environment_seccomp_and_the_restricted_settings_in_real_containers() {
     let dir = tempfile::tempdir().expect("tmp");
     let master = Master::start(&dir.path().join("data"), &[]);
     let name = format!("sec-{}", std::process::id());
@@ -153,6 +154,43 @@ fn seccomp_profiles_and_the_restricted_settings_in_real_containers() {
         "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/absent.json"},
     });
     plain["metadata"]["labels"] = json!({"test": "seccomp"});
+    // The environment as the kubelet builds it: envFrom first, env wins.
+    ok(kubectl_apply(
+        &master,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"MODE": "fast", "LEVEL": "3"}}),
+    ));
+    ok(master.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=TOKEN=s3cr3t",
+    ]));
+    let mut env = pod(
+        "env",
+        &name,
+        "echo \"mode=$CFG_MODE level=$CFG_LEVEL token=$TOKEN one=$ONE pod=$POD_NAME mem=$MEM_MI cpu=$CPU_MILLIS\"",
+    );
+    env["spec"]["containers"][0]["envFrom"] = json!([
+        {"prefix": "CFG_", "configMapRef": {"name": "settings"}},
+        {"secretRef": {"name": "creds"}},
+    ]);
+    env["spec"]["containers"][0]["env"] = json!([
+        {"name": "CFG_LEVEL", "value": "9"},
+        {"name": "ONE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "MODE"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+        {"name": "CPU_MILLIS", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+    ]);
+    env["spec"]["containers"][0]["resources"] =
+        json!({"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"cpu": "250m"}});
+    let mut env_missing = pod("env-missing", &name, "true");
+    env_missing["spec"]["containers"][0]["env"] = json!([
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "ABSENT"}}},
+    ]);
+    ok(kubectl_apply(&master, &env));
+    ok(kubectl_apply(&master, &env_missing));
     for object in [
         &plain,
         &runtime_default,
@@ -180,6 +218,18 @@ fn seccomp_profiles_and_the_restricted_settings_in_real_containers() {
     let log = log_of_succeeded(&master, "localhost");
     assert!(log.contains("mkdir=denied"), "localhost: {log}");
     assert!(log.contains("unshare=allowed"), "localhost: {log}");
+
+    let log = log_of_succeeded(&master, "env");
+    assert_eq!(
+        log.trim(),
+        "mode=fast level=9 token=s3cr3t one=fast pod=env mem=64 cpu=250",
+        "env"
+    );
+    let message = waiting(&master, "env-missing", "CreateContainerConfigError");
+    assert_eq!(
+        message,
+        "couldn't find key ABSENT in ConfigMap default/settings"
+    );
 
     let log = log_of_succeeded(&master, "restricted");
     assert!(log.contains("uid=1000 gid=3000"), "restricted: {log}");
