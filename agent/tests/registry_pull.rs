@@ -431,3 +431,43 @@ fn registry_pull_refuses_corrupt_blobs_and_keeps_the_store_clean() {
         0
     );
 }
+
+#[test]
+fn registry_pull_with_the_cli_for_another_platform() {
+    ensure_busybox();
+    let reg = Registry::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut b = busybox_image("arm:1", &["true"]);
+    b.architecture = "arm".into();
+    b.variant = Some("v6".into());
+    b.write_oci_layout(&layout).unwrap();
+    reg.push(&layout, "1", "pi/app:1", false);
+    let state = tmp.path().join("state").display().to_string();
+    let image = format!("{}/pi/app:1", reg.host);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bramble-agent"))
+            .args(["--config", "/dev/null", "--state-dir", &state])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // A v5 device cannot run an arm/v6 image, and the error says what the
+    // image is; a v7 device runs it (containerd's fallback).
+    let out = run(&["image", "pull", "--platform", "linux/arm/v5", &image]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(stderr.contains("linux/arm/v6"), "{stderr}");
+    let out = run(&["image", "pull", "--platform", "linux/arm/v7", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.starts_with("pulled "), "{stdout}");
+    assert!(stdout.contains("linux/arm/v6"), "{stdout}");
+    let out = run(&["image", "ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(ls.contains(&image), "{ls}");
+}
