@@ -129,7 +129,7 @@ impl ImageStore {
             }
             index.images.retain(|i| i.id != img.id);
             self.write_index(&index)?;
-            self.gc(&index)?;
+            self.gc(&index, true)?;
             tracing::info!(image = %img.names.first().unwrap_or(&img.id), size = img.size, "image garbage collected");
             report
                 .removed

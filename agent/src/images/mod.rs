@@ -876,11 +876,14 @@ impl ImageStore {
         }
         index.images.retain(|i| i.id != rec.id);
         self.write_index(&index)?;
-        self.gc(&index)?;
+        self.gc(&index, false)?;
         Ok(rec)
     }
 
-    fn gc(&self, index: &StoreIndex) -> Result<(), ImageError> {
+    /// Deletes the blobs and layers no image in `index` uses. With
+    /// `spare_recent`, blobs written in the last ten minutes stay: they may
+    /// belong to a pull that has not recorded its image yet.
+    fn gc(&self, index: &StoreIndex, spare_recent: bool) -> Result<(), ImageError> {
         let mut keep_layers = std::collections::BTreeSet::new();
         let mut keep_blobs = std::collections::BTreeSet::new();
         for img in &index.images {
@@ -901,7 +904,14 @@ impl ImageStore {
             let d = self.root.join(dir);
             for e in fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if !keep.contains(&name) {
+                let recent = spare_recent
+                    && dir == "blobs/sha256"
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age < std::time::Duration::from_secs(600));
+                if !keep.contains(&name) && !recent {
                     let p = e.path();
                     let r = if p.is_dir() {
                         fs::remove_dir_all(&p)
