@@ -366,6 +366,8 @@ fn local_command(
                     platform,
                 } => {
                     use bramble_agent::images::platform::Platform;
+                    // Progress (bytes, rate, resumes) goes to stderr.
+                    init_tracing();
                     let registries = registries.map_err(anyhow::Error::msg)?;
                     let platform = match platform {
                         Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,

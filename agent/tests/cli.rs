@@ -207,3 +207,98 @@ fn reset_needs_the_node_name() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn check_config_shows_the_registries_file_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        "master = \"mqtt://a:1883\"\nnode = \"pi-01\"\ntoken = \"t\"\n",
+    );
+    let registries = write(
+        dir.path(),
+        "registries.yaml",
+        "mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:5000\"]\nconfigs:\n  \"127.0.0.1:5000\":\n    auth: {username: pi, password: secret}\n",
+    );
+    let out = agent(&[
+        "check-config",
+        "--config",
+        &cfg,
+        "--registries",
+        &registries,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("registries = \"{registries}\"")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#   mirror docker.io: http://127.0.0.1:5000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#   config 127.0.0.1:5000: user pi"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret"), "password leaked: {stdout}");
+    // The key in the file works too, and a bad file is refused by name.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "mirrors:\n  docker.io:\n    endpoints: [x]\n",
+    );
+    let cfg2 = write(
+        dir.path(),
+        "b.toml",
+        &format!(
+            "master = \"mqtt://a:1883\"\nnode = \"pi-01\"\ntoken = \"t\"\nregistries = \"{bad}\"\n"
+        ),
+    );
+    let out = agent(&["check-config", "--config", &cfg2]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("invalid `registries`"), "{stderr}");
+    assert!(stderr.contains("endpoints"), "{stderr}");
+}
+
+#[test]
+fn image_pull_from_nowhere_fails_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_string_lossy().into_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let image = format!("127.0.0.1:{port}/app:1");
+    let out = agent(&[
+        "--config",
+        "/dev/null",
+        "--state-dir",
+        &state,
+        "image",
+        "pull",
+        &image,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("cannot pull {image}")), "{stderr}");
+    assert!(stderr.contains("failed to resolve reference"), "{stderr}");
+    let out = agent(&[
+        "--config",
+        "/dev/null",
+        "--state-dir",
+        &state,
+        "image",
+        "pull",
+        "Bad Name",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid reference format"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -270,13 +270,6 @@ fn registry_pull_cut_mid_layer_resumes() {
         .write_oci_layout(&layout)
         .unwrap();
     reg.push(&layout, "1", "big:1", false);
-    let image_size: u64 = {
-        let manifest = std::fs::read_dir(layout.join("blobs/sha256")).unwrap();
-        manifest
-            .flatten()
-            .map(|e| e.metadata().unwrap().len())
-            .sum()
-    };
     // Two cuts, 3 MB into a connection each.
     let proxy = CuttingProxy::start(&reg.host, 3 << 20, 2);
     let mut registries = RegistriesConfig::default();
@@ -303,11 +296,13 @@ fn registry_pull_cut_mid_layer_resumes() {
     let out = p.pull("big:1", &Keyring::default(), &none).unwrap();
     assert_eq!(proxy.cut.load(Ordering::SeqCst), 2, "the proxy cut twice");
     assert!(out.resumed > 0, "{out:?}");
+    // Everything the proxy passed (manifests, headers, both cut attempts)
+    // against the image's blobs as the registry stores them.
     let total = proxy.to_client.load(Ordering::SeqCst);
-    let ratio = total as f64 / image_size as f64;
+    let ratio = total as f64 / out.size as f64;
     eprintln!(
-        "cut twice: {total} bytes to the client for {image_size} bytes of blobs (+ manifests, headers): {ratio:.3}x; resumed {} bytes",
-        out.resumed
+        "cut twice: {total} bytes to the client for {} bytes of blobs: {ratio:.3}x; resumed offsets {} bytes",
+        out.size, out.resumed
     );
     assert!(ratio < 1.1, "downloaded {ratio:.3}x the image");
     let rec = p.store().resolve("docker.io/library/big:1").unwrap();
@@ -430,4 +425,44 @@ fn registry_pull_refuses_corrupt_blobs_and_keeps_the_store_clean() {
             .count(),
         0
     );
+}
+
+#[test]
+fn registry_pull_with_the_cli_for_another_platform() {
+    ensure_busybox();
+    let reg = Registry::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut b = busybox_image("arm:1", &["true"]);
+    b.architecture = "arm".into();
+    b.variant = Some("v6".into());
+    b.write_oci_layout(&layout).unwrap();
+    reg.push(&layout, "1", "pi/app:1", false);
+    let state = tmp.path().join("state").display().to_string();
+    let image = format!("{}/pi/app:1", reg.host);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bramble-agent"))
+            .args(["--config", "/dev/null", "--state-dir", &state])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // A v5 device cannot run an arm/v6 image, and the error says what the
+    // image is; a v7 device runs it (containerd's fallback).
+    let out = run(&["image", "pull", "--platform", "linux/arm/v5", &image]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(stderr.contains("linux/arm/v6"), "{stderr}");
+    let out = run(&["image", "pull", "--platform", "linux/arm/v7", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.starts_with("pulled "), "{stdout}");
+    assert!(stdout.contains("linux/arm/v6"), "{stdout}");
+    let out = run(&["image", "ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(ls.contains(&image), "{ls}");
 }

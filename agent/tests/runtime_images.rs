@@ -137,3 +137,71 @@ fn runtime_images_preload_dir_is_imported() {
     assert_eq!(s.import_preload(&preload), 1);
     assert!(s.resolve("bramble.test/pre:1").is_ok());
 }
+
+#[test]
+fn runtime_images_garbage_collection_follows_the_kubelets_rules() {
+    use bramble_agent::images::gc::GcPolicy;
+    ensure_busybox();
+    let (dir, s) = store();
+    for (i, name) in ["old:1", "newer:1", "used:1", "pre:1"].iter().enumerate() {
+        let mut img = busybox_image(&format!("bramble.test/{name}"), &["true"]);
+        img.layers.push(vec![LayerEntry::File {
+            path: format!("marker{i}"),
+            data: vec![b'x'; 1000 + i],
+            mode: 0o644,
+        }]);
+        let layout = dir.path().join(format!("layout{i}"));
+        img.write_oci_layout(&layout).unwrap();
+        if *name == "pre:1" {
+            let preload = dir.path().join("preload");
+            std::fs::create_dir_all(&preload).unwrap();
+            std::fs::rename(&layout, preload.join("pre")).unwrap();
+            assert_eq!(s.import_preload(&preload), 1);
+        } else {
+            s.import(&layout).unwrap();
+        }
+    }
+    let id = |n: &str| s.resolve(&format!("bramble.test/{n}")).unwrap().id;
+    // "used" has a container; "newer" was used after "old".
+    s.add_lease("pod_c", &id("newer:1")).unwrap();
+    s.remove_lease("pod_c").unwrap();
+    s.add_lease("pod_d", &id("used:1")).unwrap();
+    // A fake file system: 100 units, each image 10 beyond a base of 50.
+    let usage = || -> std::io::Result<(u64, u64)> {
+        let n = s.list().map(|l| l.len() as u64).unwrap_or(0);
+        Ok((50 + 10 * n, 100))
+    };
+    // 90 % used: above the threshold, but every image is too young.
+    let r = s.collect_garbage(&GcPolicy::default(), usage).unwrap();
+    assert_eq!(r.usage_before, 90);
+    assert!(r.removed.is_empty(), "{r:?}");
+    // Without the minimum age: least recently used first, down to 80 %.
+    let policy = GcPolicy {
+        minimum_age: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let r = s.collect_garbage(&policy, usage).unwrap();
+    assert_eq!(r.removed, vec!["bramble.test/old:1".to_string()], "{r:?}");
+    assert_eq!(r.usage_after, 80);
+    // Below the threshold: nothing.
+    let r = s.collect_garbage(&policy, usage).unwrap();
+    assert!(r.removed.is_empty());
+    // Far above: everything unused goes, never the used or preloaded one.
+    let r = s.collect_garbage(&policy, || Ok((99, 100))).unwrap();
+    assert_eq!(r.removed, vec!["bramble.test/newer:1".to_string()]);
+    let left: Vec<String> = s
+        .list()
+        .unwrap()
+        .iter()
+        .map(|i| i.names[0].clone())
+        .collect();
+    assert_eq!(left, vec!["bramble.test/pre:1", "bramble.test/used:1"]);
+    // Their blobs and layers went with them; the kept ones are whole.
+    for img in s.list().unwrap() {
+        for l in &img.layers {
+            assert!(s.layer_dir(l).is_dir());
+        }
+    }
+    let layers = std::fs::read_dir(s.root().join("layers")).unwrap().count();
+    assert_eq!(layers, 3, "busybox shared + two markers");
+}

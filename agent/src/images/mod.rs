@@ -22,6 +22,7 @@ pub mod auth;
 pub mod build;
 pub mod busybox;
 pub mod distribution;
+pub mod gc;
 pub mod platform;
 pub mod pull;
 pub mod reference;
@@ -194,6 +195,15 @@ pub struct ImageRecord {
     /// `status.containerStatuses[].imageID` shows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repo_digests: Vec<String>,
+    /// When the image came into the store (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<u64>,
+    /// When a container last started from it (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<u64>,
+    /// Imported from the preload directory: never garbage collected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preloaded: bool,
 }
 
 impl ImageRecord {
@@ -461,7 +471,11 @@ impl ImageStore {
                     }
                     existing.manifest_digest = rec.manifest_digest.clone();
                 }
-                None => index.images.push(rec.clone()),
+                None => {
+                    let mut rec = rec.clone();
+                    rec.created_at.get_or_insert_with(gc::now_secs);
+                    index.images.push(rec);
+                }
             }
         }
         self.write_index(&index)
@@ -529,6 +543,9 @@ impl ImageStore {
             size: pulled.layers.iter().map(|(_, s)| s).sum(),
             config: config.config.unwrap_or_default(),
             repo_digests: vec![format!("{}@{}", pulled.repository, pulled.repo_digest)],
+            created_at: None,
+            last_used: None,
+            preloaded: false,
         };
         self.add_records(std::slice::from_ref(&rec))?;
         let index = self.read_index()?;
@@ -766,6 +783,9 @@ impl ImageStore {
             size,
             config: config.config.unwrap_or_default(),
             repo_digests: Vec::new(),
+            created_at: None,
+            last_used: None,
+            preloaded: false,
         })
     }
 
@@ -856,11 +876,14 @@ impl ImageStore {
         }
         index.images.retain(|i| i.id != rec.id);
         self.write_index(&index)?;
-        self.gc(&index)?;
+        self.gc(&index, false)?;
         Ok(rec)
     }
 
-    fn gc(&self, index: &StoreIndex) -> Result<(), ImageError> {
+    /// Deletes the blobs and layers no image in `index` uses. With
+    /// `spare_recent`, blobs written in the last ten minutes stay: they may
+    /// belong to a pull that has not recorded its image yet.
+    fn gc(&self, index: &StoreIndex, spare_recent: bool) -> Result<(), ImageError> {
         let mut keep_layers = std::collections::BTreeSet::new();
         let mut keep_blobs = std::collections::BTreeSet::new();
         for img in &index.images {
@@ -881,7 +904,14 @@ impl ImageStore {
             let d = self.root.join(dir);
             for e in fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if !keep.contains(&name) {
+                let recent = spare_recent
+                    && dir == "blobs/sha256"
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age < std::time::Duration::from_secs(600));
+                if !keep.contains(&name) && !recent {
                     let p = e.path();
                     let r = if p.is_dir() {
                         fs::remove_dir_all(&p)
@@ -898,7 +928,15 @@ impl ImageStore {
     /// Records that `holder` (a container key) uses image `id`.
     pub fn add_lease(&self, holder: &str, id: &str) -> Result<(), ImageError> {
         let p = self.root.join("leases").join(holder);
-        write_atomic(&p, id.as_bytes()).map_err(io_err(&p))
+        write_atomic(&p, id.as_bytes()).map_err(io_err(&p))?;
+        // Remember the use, for garbage collection's least-recently-used order.
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        if let Some(img) = index.images.iter_mut().find(|i| i.id == id) {
+            img.last_used = Some(gc::now_secs());
+            self.write_index(&index)?;
+        }
+        Ok(())
     }
 
     /// Drops `holder`'s lease.
@@ -923,6 +961,15 @@ impl ImageStore {
         Ok(false)
     }
 
+    fn mark_preloaded(&self, ids: &[String]) -> Result<(), ImageError> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        for img in index.images.iter_mut().filter(|i| ids.contains(&i.id)) {
+            img.preloaded = true;
+        }
+        self.write_index(&index)
+    }
+
     /// Imports every file and directory in `preload_dir`, logging failures.
     /// Returns the number of images imported.
     pub fn import_preload(&self, preload_dir: &Path) -> usize {
@@ -932,7 +979,13 @@ impl ImageStore {
         let mut n = 0;
         for e in rd.flatten() {
             match self.import(&e.path()) {
-                Ok(imgs) => n += imgs.len(),
+                Ok(imgs) => {
+                    n += imgs.len();
+                    let ids: Vec<String> = imgs.iter().map(|i| i.id.clone()).collect();
+                    if let Err(err) = self.mark_preloaded(&ids) {
+                        tracing::warn!(error = %err, "cannot mark preloaded images");
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(path = %e.path().display(), error = %err, "preload import failed")
                 }

@@ -479,7 +479,32 @@ impl Puller {
         cancel: &AtomicBool,
         progress: &Progress,
     ) -> Result<(), RegistryError> {
+        let total: u64 = layers.iter().map(|l| l.size).sum();
+        let finished = AtomicBool::new(false);
         let results: Vec<Result<(), RegistryError>> = std::thread::scope(|s| {
+            // Progress and rate in the log every 10 s while layers download.
+            s.spawn(|| {
+                let started = Instant::now();
+                let mut next = started + Duration::from_secs(10);
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if Instant::now() >= next {
+                        next += Duration::from_secs(10);
+                        let got = progress.received.load(Ordering::Relaxed)
+                            + progress.resumed.load(Ordering::Relaxed);
+                        let rate = progress.received.load(Ordering::Relaxed) as f64
+                            / started.elapsed().as_secs_f64().max(0.001);
+                        tracing::info!(
+                            endpoint = %ep.base,
+                            repository = %ep.repository,
+                            bytes = got,
+                            of = total,
+                            bytes_per_second = rate as u64,
+                            "pulling"
+                        );
+                    }
+                }
+            });
             let handles: Vec<_> = layers
                 .iter()
                 .map(|l| {
@@ -488,14 +513,16 @@ impl Puller {
                     })
                 })
                 .collect();
-            handles
+            let results = handles
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
                         Err(RegistryError::Protocol("a layer download panicked".into()))
                     })
                 })
-                .collect()
+                .collect();
+            finished.store(true, Ordering::Relaxed);
+            results
         });
         results.into_iter().collect()
     }

@@ -221,6 +221,13 @@ impl LinuxRuntime {
             events: events.clone(),
             status_changes: tokio::sync::watch::Sender::new(0),
         });
+        {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("image-gc".into())
+                .spawn(move || collect_images_periodically(&weak))
+                .map_err(ioe("spawn the image garbage collector"))?;
+        }
         if let Some(events) = events {
             let weak = Arc::downgrade(&inner);
             std::thread::Builder::new()
@@ -326,6 +333,36 @@ impl LinuxRuntime {
 impl Drop for LinuxRuntime {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Runs image garbage collection every [`super::IMAGE_GC_PERIOD`] until the
+/// runtime is gone.
+fn collect_images_periodically(inner: &std::sync::Weak<Inner>) {
+    loop {
+        let deadline = Instant::now() + super::IMAGE_GC_PERIOD;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            if inner.strong_count() == 0 {
+                return;
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let root = inner.images.root().to_path_buf();
+        match inner
+            .images
+            .collect_garbage(&inner.cfg.image_gc, || crate::images::gc::fs_usage(&root))
+        {
+            Ok(r) if !r.removed.is_empty() || r.partials_removed > 0 => tracing::info!(
+                before = r.usage_before,
+                after = r.usage_after,
+                removed = ?r.removed,
+                partials = r.partials_removed,
+                "image garbage collection"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+        }
     }
 }
 

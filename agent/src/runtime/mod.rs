@@ -186,7 +186,13 @@ pub struct RuntimeConfig {
     /// A pull whose connection brings no byte for this long is cut and
     /// resumed.
     pub pull_stall_timeout: Duration,
+    /// Image garbage collection (the kubelet's thresholds and minimum age);
+    /// it runs every [`IMAGE_GC_PERIOD`].
+    pub image_gc: crate::images::gc::GcPolicy,
 }
+
+/// How often image garbage collection runs (the kubelet's `ImageGCPeriod`).
+pub const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
 
 impl RuntimeConfig {
     /// Defaults for a node named `node_name` with the given directories.
@@ -209,6 +215,7 @@ impl RuntimeConfig {
             image_platform: crate::images::platform::Platform::host(),
             image_pull_backoff: pulls::IMAGE_BACKOFF_INITIAL,
             pull_stall_timeout: Duration::from_secs(30),
+            image_gc: Default::default(),
         }
     }
 }
