@@ -27,4 +27,5 @@ pub mod rpc;
 pub mod runtime;
 pub mod shutdown;
 pub mod state;
+pub mod stream;
 pub mod sync;

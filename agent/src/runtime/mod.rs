@@ -28,6 +28,7 @@
 pub mod adapter;
 mod backoff;
 mod events;
+pub mod exec;
 pub mod hostcheck;
 mod linux;
 pub mod logs;
@@ -129,6 +130,12 @@ pub trait Runtime: Send + Sync {
     /// A counter that grows whenever some pod's status changes, for
     /// callers that want to look at once rather than at their next tick.
     fn status_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Where to run a command in a running container (`kubectl exec`);
+    /// `None` when the container does not run (or the runtime cannot exec).
+    fn exec_target(&self, pod_uid: &str, container: &str) -> Option<exec::ExecTarget> {
+        let _ = (pod_uid, container);
         None
     }
 }
