@@ -81,7 +81,10 @@ impl ExecQuery {
         let mut flags: HashMap<String, String> = HashMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (super::handlers::percent_decode(k), super::handlers::percent_decode(v));
+            let (k, v) = (
+                super::handlers::percent_decode(k),
+                super::handlers::percent_decode(v),
+            );
             match k.as_str() {
                 "command" => query.command.push(v),
                 "container" => query.container = Some(v).filter(|c| !c.is_empty()),
@@ -359,9 +362,15 @@ mod tests {
         assert_eq!(q.container.as_deref(), Some("web"));
         assert!(q.stdin && q.stdout && q.tty && !q.stderr);
         let e = ExecQuery::parse(Some("stdout=true")).unwrap_err();
-        assert_eq!(e.0.message, "you must specify at least one command for the container");
+        assert_eq!(
+            e.0.message,
+            "you must specify at least one command for the container"
+        );
         let e = ExecQuery::parse(Some("command=ls")).unwrap_err();
-        assert_eq!(e.0.message, "you must specify at least 1 of stdin, stdout, stderr");
+        assert_eq!(
+            e.0.message,
+            "you must specify at least 1 of stdin, stdout, stderr"
+        );
         assert!(ExecQuery::parse(Some("command=ls&stdout=maybe")).is_err());
     }
 
@@ -369,12 +378,27 @@ mod tests {
     fn exit_codes_are_reported_as_the_kubelet_does() {
         let cmd = vec!["sh".to_string(), "-c".to_string(), "exit 3".to_string()];
         assert_eq!(
-            exit_status_json(&cmd, &ExitStatus { code: 0, message: String::new() }),
+            exit_status_json(
+                &cmd,
+                &ExitStatus {
+                    code: 0,
+                    message: String::new()
+                }
+            ),
             json!({"metadata": {}, "status": "Success"})
         );
-        let failed = exit_status_json(&cmd, &ExitStatus { code: 3, message: String::new() });
+        let failed = exit_status_json(
+            &cmd,
+            &ExitStatus {
+                code: 3,
+                message: String::new(),
+            },
+        );
         assert_eq!(failed["reason"], "NonZeroExitCode");
-        assert_eq!(failed["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+        assert_eq!(
+            failed["details"]["causes"][0],
+            json!({"reason": "ExitCode", "message": "3"})
+        );
         assert_eq!(
             failed["message"],
             "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3"
