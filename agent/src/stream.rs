@@ -312,8 +312,16 @@ impl Session {
                         }
                     }
                     Some(SessionInput::Input(input)) => {
+                        debug!(seq = input.seq, len = input.data.len(), eof = input.eof, expected = next_input, "exec stdin");
                         if input.seq != next_input {
-                            // A duplicate (QoS 1) or from the future: drop it.
+                            // A duplicate (QoS 1, or resent because an ack was
+                            // lost): acknowledge again what was written. One
+                            // from the future (one before it was lost on the
+                            // way): drop it, the master resends from the gap.
+                            let behind = next_input.wrapping_sub(input.seq);
+                            if behind != 0 && behind <= STREAM_WINDOW * 4 && next_input != 0 {
+                                out.send(RpcBody::Stream(StreamBody::InputAck(StreamAck { seq: next_input.wrapping_sub(1) })), false).await?;
+                            }
                             continue;
                         }
                         next_input = next_input.wrapping_add(1);

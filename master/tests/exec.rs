@@ -107,7 +107,15 @@ fn start(dir: &Path, tag: &str) -> (Master, RealNode, String) {
     let master = Master::start(&dir.join("data"), &["--heartbeat-seconds", "1"]);
     let name = format!("{tag}-{}", std::process::id());
     let token = add_node(&master, &name);
-    let node = RealNode::start(dir, &master.mqtt, &name, &token, &["--no-network"], &[]);
+    let log = std::env::var("EXEC_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into());
+    let node = RealNode::start(
+        dir,
+        &master.mqtt,
+        &name,
+        &token,
+        &["--no-network"],
+        &[("BRAMBLE_LOG", &log)],
+    );
     apply(
         &master,
         &json!({
@@ -137,6 +145,24 @@ fn start(dir: &Path, tag: &str) -> (Master, RealNode, String) {
 fn exec_and_cp_with_the_stock_kubectl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (master, _node, _uid) = start(dir.path(), "exec");
+
+    // kubectl cp both ways (tar over exec).
+    let local = dir.path().join("payload.bin");
+    let data: Vec<u8> = (0..700_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&local, &data).expect("write payload");
+    let out = master.kubectl(&["cp", &local.display().to_string(), "box:/tmp/payload.bin"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(master.kubectl(&["exec", "box", "--", "sh", "-c", "wc -c < /tmp/payload.bin"]));
+    assert_eq!(out.trim(), "700000");
+    let back = dir.path().join("back.bin");
+    let out = master.kubectl(&["cp", "box:/tmp/payload.bin", &back.display().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&back).expect("copied back") == data,
+        "kubectl cp changed the bytes"
+    );
 
     // Exit codes, stdout and stderr kept apart.
     let out = master.kubectl(&[
@@ -234,24 +260,6 @@ fn exec_and_cp_with_the_stock_kubectl() {
     assert!(text.contains("answer=42"), "{text}");
     assert!(text.contains("/dev/pts/"), "{text}");
     assert_eq!(out.status.code(), Some(5), "{text}{}", stderr(&out));
-
-    // kubectl cp both ways (tar over exec).
-    let local = dir.path().join("payload.bin");
-    let data: Vec<u8> = (0..700_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&local, &data).expect("write payload");
-    let out = master.kubectl(&["cp", &local.display().to_string(), "box:/tmp/payload.bin"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = ok(master.kubectl(&["exec", "box", "--", "sh", "-c", "wc -c < /tmp/payload.bin"]));
-    assert_eq!(out.trim(), "700000");
-    let back = dir.path().join("back.bin");
-    let out = master.kubectl(&["cp", "box:/tmp/payload.bin", &back.display().to_string()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        std::fs::read(&back).expect("copied back") == data,
-        "kubectl cp changed the bytes"
-    );
 
     // Errors as kube-apiserver gives them.
     let error = fails(master.kubectl(&["exec", "box", "-c", "nope", "--", "true"]));

@@ -151,7 +151,11 @@ fn session(pid: i32, cwd: &str, tty: bool, control: OwnedFd, cmd: &[String]) -> 
 fn child(shim: Pid, cwd: &str, slave: Option<&Path>, entered: &Entered, cmd: &[String]) -> ! {
     let _ = nix::unistd::setsid();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if nix::unistd::getppid() != shim {
+    // The helper may have died before the line above: then the child was
+    // given to another parent. The helper sits outside the container's pid
+    // namespace, where its PID reads as 0.
+    let parent = nix::unistd::getppid();
+    if parent != shim && parent.as_raw() != 0 {
         std::process::exit(137);
     }
     if let Some(slave) = slave {

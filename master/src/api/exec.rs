@@ -19,7 +19,7 @@
 //! When the client goes away, the session is cancelled and the node kills
 //! the command.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,12 @@ pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// Largest WebSocket message accepted from a client (kubectl sends at most
 /// 32 KiB of stdin per message).
 const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
+
+/// How long without any answer from the node before unacknowledged stdin
+/// (and the last output ack) is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// How long the client has to answer the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Channel numbers of the stream protocols.
 mod channel {
@@ -252,6 +258,30 @@ pub async fn serve(
         }))
 }
 
+/// Write the exit status on the error channel and close the socket
+/// cleanly: send a close frame, then read (and drop) what the client still
+/// sends until its own close frame, so unread stdin never turns the close
+/// into a reset that could lose the status.
+async fn finish(socket: &mut WebSocket, command: &[String], status: &ExitStatus) {
+    let body = serde_json::to_vec(&exit_status_json(command, status)).unwrap_or_default();
+    let _ = socket.send(framed(channel::ERROR, &body)).await;
+    let close = WsMessage::Close(Some(CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }));
+    if socket.send(close).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn framed(channel: u8, data: &[u8]) -> WsMessage {
     let mut message = Vec::with_capacity(data.len() + 1);
     message.push(channel);
@@ -274,9 +304,25 @@ async fn relay(
     let mut sent: u32 = 0;
     let mut input_acked: u32 = 0;
     let mut stdin_closed = false;
+    // Sent and not yet acknowledged, resent when the node makes no progress
+    // (a message lost on the way, e.g. a full queue on a busy device).
+    let mut unacked: VecDeque<StreamInput> = VecDeque::new();
+    let mut progress = false;
+    let mut resend = tokio::time::interval(RESEND_AFTER);
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let input_open = sent.wrapping_sub(input_acked) < STREAM_WINDOW;
         tokio::select! {
+            _ = resend.tick() => {
+                if !std::mem::take(&mut progress) {
+                    for input in &unacked {
+                        stream.send_stream(StreamCall::Input(input.clone())).await.map_err(|e| e.to_string())?;
+                    }
+                    if acked > 0 {
+                        stream.send_stream(StreamCall::Ack(StreamAck { seq: acked.wrapping_sub(1) })).await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
             response = stream.next_response() => {
                 let response = match response {
                     Some(Ok(response)) => response,
@@ -284,25 +330,28 @@ async fn relay(
                     None => return Err("the node ended the session".into()),
                 };
                 let delivered = response.seq.wrapping_add(1);
+                progress = true;
                 match response.body {
                     RpcBody::Stream(StreamBody::Output(output)) => {
                         socket.send(framed(output.channel, &output.data)).await.map_err(|e| e.to_string())?;
                     }
                     RpcBody::Stream(StreamBody::InputAck(StreamAck { seq })) => {
-                        input_acked = seq.wrapping_add(1);
+                        let candidate = seq.wrapping_add(1);
+                        if candidate.wrapping_sub(input_acked) <= sent.wrapping_sub(input_acked) {
+                            input_acked = candidate;
+                        }
+                        while unacked.front().is_some_and(|i| input_acked.wrapping_sub(i.seq).wrapping_sub(1) < STREAM_WINDOW * 4) {
+                            unacked.pop_front();
+                        }
                     }
                     RpcBody::Stream(StreamBody::Started) => {}
                     RpcBody::Stream(StreamBody::Exited(status)) => {
-                        let body = serde_json::to_vec(&exit_status_json(command, &status)).unwrap_or_default();
-                        let _ = socket.send(framed(channel::ERROR, &body)).await;
-                        let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+                        finish(&mut socket, command, &status).await;
                         return Ok(());
                     }
                     RpcBody::Error { message } => {
                         let status = ExitStatus { code: 1, message };
-                        let body = serde_json::to_vec(&exit_status_json(command, &status)).unwrap_or_default();
-                        let _ = socket.send(framed(channel::ERROR, &body)).await;
-                        let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+                        finish(&mut socket, command, &status).await;
                         return Ok(());
                     }
                     RpcBody::LogChunk { .. } => {}
@@ -323,7 +372,9 @@ async fn relay(
                 match channel {
                     channel::STDIN if !stdin_closed => {
                         for chunk in payload.chunks(MAX_RPC_CHUNK_BYTES) {
-                            stream.send_stream(StreamCall::Input(StreamInput { seq: sent, data: chunk.to_vec(), eof: false })).await.map_err(|e| e.to_string())?;
+                            let input = StreamInput { seq: sent, data: chunk.to_vec(), eof: false };
+                            stream.send_stream(StreamCall::Input(input.clone())).await.map_err(|e| e.to_string())?;
+                            unacked.push_back(input);
                             sent = sent.wrapping_add(1);
                         }
                     }
@@ -337,7 +388,9 @@ async fn relay(
                     }
                     channel::CLOSE if v5 && payload.first() == Some(&channel::STDIN) && !stdin_closed => {
                         stdin_closed = true;
-                        stream.send_stream(StreamCall::Input(StreamInput { seq: sent, data: Vec::new(), eof: true })).await.map_err(|e| e.to_string())?;
+                        let input = StreamInput { seq: sent, data: Vec::new(), eof: true };
+                        stream.send_stream(StreamCall::Input(input.clone())).await.map_err(|e| e.to_string())?;
+                        unacked.push_back(input);
                         sent = sent.wrapping_add(1);
                     }
                     _ => {}
