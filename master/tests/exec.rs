@@ -88,7 +88,7 @@ fn kubectl_stdin(master: &Master, args: &[&str], input: &[u8]) -> Output {
     out
 }
 
-/// Processes of the pod `uid` whose command line contains `needle`.
+/// Processes of the pod `uid` whose command line starts with `needle`.
 fn processes_with(node: &RealNode, uid: &str, needle: &str) -> Vec<i32> {
     node.processes()
         .into_iter()
@@ -98,7 +98,7 @@ fn processes_with(node: &RealNode, uid: &str, needle: &str) -> Vec<i32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .is_ok_and(|c| c.contains(needle))
+                .is_ok_and(|c| c.starts_with(needle))
         })
         .collect()
 }
@@ -436,7 +436,7 @@ fn a_vanished_client_or_agent_leaves_no_exec_process() {
     );
     drop(follower);
     assert!(
-        !processes_with(&node, &uid, "while true").is_empty(),
+        !processes_with(&node, &uid, "sh -c trap").is_empty(),
         "the container itself must keep running"
     );
     node.restart();
