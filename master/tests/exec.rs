@@ -9,6 +9,7 @@
 //! - `-it` on a terminal (`script` gives kubectl a pty): a shell, the
 //!   terminal size kubectl sends, the shell's exit code;
 //! - `kubectl cp` both ways (tar over exec), byte for byte;
+//! - `bramble exec` the same way (exit code, stdin, errors);
 //! - errors as kube-apiserver gives them: a completed pod, an unknown
 //!   container, an unknown pod;
 //! - a client that vanishes (kill -9 kubectl) and an agent that dies leave
@@ -180,6 +181,31 @@ fn exec_and_cp_with_the_stock_kubectl() {
     assert!(err.contains("command terminated with exit code 3"), "{err}");
     let out = master.kubectl(&["exec", "box", "--", "true"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // `bramble exec` mirrors kubectl: the same endpoint and protocol.
+    let out = master.bramble(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo via bramble; echo oops >&2; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "via bramble\n");
+    assert!(
+        stderr(&out).contains("oops\ncommand terminated with exit code 4"),
+        "{}",
+        stderr(&out)
+    );
+    let out = master.bramble_stdin(
+        &["exec", "-i", "box", "--", "sh", "-c", "cat; echo end"],
+        "piped in\n",
+    );
+    assert_eq!(stdout(&out), "piped in\nend\n", "{}", stderr(&out));
+    assert!(out.status.success());
+    let error = fails(master.bramble(&["exec", "ghost", "--", "true"]));
+    assert!(error.contains("pods \"ghost\" not found"), "{error}");
 
     // The container's environment and working directory.
     let out = ok(master.kubectl(&[
