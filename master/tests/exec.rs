@@ -179,8 +179,18 @@ fn exec_and_cp_with_the_stock_kubectl() {
     let err = stderr(&out);
     assert!(err.contains("err\n"), "{err}");
     assert!(err.contains("command terminated with exit code 3"), "{err}");
+    let started = Instant::now();
     let out = master.kubectl(&["exec", "box", "--", "true"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let exec_took = started.elapsed();
+    let started = Instant::now();
+    ok(master.kubectl(&["get", "pod", "box"]));
+    // For the record (not asserted): the whole kubectl run, against a plain
+    // GET as the baseline of kubectl's own start-up.
+    eprintln!(
+        "kubectl exec true: {exec_took:?}; kubectl get pod: {:?}",
+        started.elapsed()
+    );
 
     // `bramble exec` mirrors kubectl: the same endpoint and protocol.
     let out = master.bramble(&[
