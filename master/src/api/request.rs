@@ -188,8 +188,16 @@ mod tests {
         assert_eq!(parse_path("/api/v1/pods/web"), Err(NoRoute));
         assert_eq!(parse_path("/apis/batch/v1/jobs"), Err(NoRoute));
         assert_eq!(
-            parse_path("/api/v1/namespaces/default/pods/web/exec"),
+            parse_path("/api/v1/namespaces/default/pods/web/attach"),
             Err(NoRoute)
+        );
+        assert_eq!(
+            parse_path("/api/v1/namespaces/default/services/web/exec"),
+            Err(NoRoute)
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/default/pods/web/exec").subresource,
+            Some(Subresource::Exec)
         );
         assert_eq!(
             parse_path("/api/v1/namespaces/default/services/web/log"),
