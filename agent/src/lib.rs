@@ -30,4 +30,5 @@ pub mod rpc;
 pub mod runtime;
 pub mod shutdown;
 pub mod state;
+pub mod stream;
 pub mod sync;

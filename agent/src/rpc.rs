@@ -1,5 +1,6 @@
-//! Answers the master's RPC requests: today the logs of a container, for
-//! `bramble logs` and `kubectl logs`.
+//! Answers the master's RPC requests: the logs of a container, for
+//! `bramble logs` and `kubectl logs`, and the interactive sessions of
+//! `kubectl exec` ([`crate::stream`]).
 //!
 //! A request names a pod by namespace and name; it is answered only for a
 //! pod in the node's accepted desired state and a container of its spec, so
@@ -20,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bramble_common::wire::{self, Message, NodeDesired, RpcBody, RpcCall, RpcRequest, RpcResponse};
+use bramble_common::wire::{
+    self, Message, NodeDesired, RpcBody, RpcCall, RpcRequest, RpcResponse, StreamCall,
+};
 use rumqttc::{AsyncClient, QoS};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
@@ -30,6 +33,7 @@ use tracing::{debug, warn};
 use crate::link::Connection;
 use crate::runtime::logs;
 use crate::shutdown::Shutdown;
+use crate::stream::{self, SessionInput};
 use crate::sync::{LogLocation, PodRuntime, SyncSnapshot};
 
 /// Requests served at once; more are answered with an error.
@@ -76,6 +80,7 @@ pub async fn serve<R: PodRuntime>(
     mut shutdown: Shutdown,
 ) {
     let mut active: HashMap<String, AbortHandle> = HashMap::new();
+    let mut sessions: HashMap<String, (mpsc::Sender<SessionInput>, AbortHandle)> = HashMap::new();
     loop {
         let request = tokio::select! {
             request = requests.recv() => request,
@@ -88,11 +93,45 @@ pub async fn serve<R: PodRuntime>(
             continue;
         }
         active.retain(|_, handle| !handle.is_finished());
-        match request.call {
+        sessions.retain(|_, (_, handle)| !handle.is_finished());
+        match request.call.clone() {
             RpcCall::Cancel { id } => {
                 if let Some(handle) = active.remove(&id) {
                     debug!(%id, "rpc request cancelled");
                     handle.abort();
+                }
+                // Dropping the inbox ends the session (and kills its command).
+                if sessions.remove(&id).is_some() {
+                    debug!(%id, "stream session cancelled");
+                }
+            }
+            RpcCall::Stream(StreamCall::Exec(spec)) => {
+                if sessions.contains_key(&request.id) {
+                    continue;
+                }
+                if sessions.len() >= stream::MAX_SESSIONS {
+                    let mut out = Responder::new(&context.client, &request);
+                    let message = format!(
+                        "node {} is already serving {} exec sessions; close one and retry",
+                        context.node,
+                        stream::MAX_SESSIONS
+                    );
+                    let _ = out.error(message).await;
+                    continue;
+                }
+                let id = request.id.clone();
+                let (tx, rx) = mpsc::channel(stream::INBOX);
+                let task = tokio::spawn(stream::run_exec(context.clone(), request, spec, rx));
+                sessions.insert(id, (tx, task.abort_handle()));
+            }
+            RpcCall::Stream(call) => {
+                let Some(input) = SessionInput::from_call(call) else {
+                    continue;
+                };
+                if let Some((tx, _)) = sessions.get(&request.id) {
+                    if tx.try_send(input).is_err() {
+                        warn!(id = %request.id, "a stream session's inbox is full; the master broke the window");
+                    }
                 }
             }
             RpcCall::Logs { .. } if active.len() >= MAX_STREAMS => {
@@ -113,10 +152,17 @@ pub async fn serve<R: PodRuntime>(
     for handle in active.values() {
         handle.abort();
     }
+    // Each session kills its command when its inbox closes; give them a
+    // moment to do it before the runtime goes away.
+    let handles: Vec<AbortHandle> = sessions.into_values().map(|(_, handle)| handle).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while handles.iter().any(|h| !h.is_finished()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Publishes the numbered responses to one request.
-struct Responder {
+pub(crate) struct Responder {
     client: AsyncClient,
     topic: String,
     id: String,
@@ -124,7 +170,7 @@ struct Responder {
 }
 
 impl Responder {
-    fn new(client: &AsyncClient, request: &RpcRequest) -> Responder {
+    pub(crate) fn new(client: &AsyncClient, request: &RpcRequest) -> Responder {
         Responder {
             client: client.clone(),
             topic: request.reply_topic.clone(),
@@ -133,7 +179,12 @@ impl Responder {
         }
     }
 
-    async fn send(&mut self, body: RpcBody, last: bool) -> Result<(), String> {
+    /// The `seq` of the next response.
+    pub(crate) fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    pub(crate) async fn send(&mut self, body: RpcBody, last: bool) -> Result<(), String> {
         let message = Message::RpcResponse(RpcResponse {
             id: self.id.clone(),
             seq: self.seq,
@@ -158,7 +209,7 @@ impl Responder {
             .await
     }
 
-    async fn error(&mut self, message: String) -> Result<(), String> {
+    pub(crate) async fn error(&mut self, message: String) -> Result<(), String> {
         self.send(RpcBody::Error { message }, true).await
     }
 }

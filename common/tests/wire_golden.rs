@@ -21,9 +21,10 @@ use std::path::PathBuf;
 
 use bramble_common::wire::{
     check_size, decode, encode, ConditionReport, ConfigData, ConfigKind, DecodeError, DesiredPod,
-    EncodeError, Message, NodeConfig, NodeDesired, NodeEvent, NodeEvents, NodeFacts, NodeReport,
-    NodeStatusReport, PeerNode, PodStatusReport, Presence, RpcBody, RpcCall, RpcRequest,
-    RpcResponse, ServiceShard, WireEndpoint, WireProtocol, WireService, WireServicePort,
+    EncodeError, ExecSpec, ExitStatus, Message, NodeConfig, NodeDesired, NodeEvent, NodeEvents,
+    NodeFacts, NodeReport, NodeStatusReport, PeerNode, PodStatusReport, Presence, RpcBody, RpcCall,
+    RpcRequest, RpcResponse, ServiceShard, StreamAck, StreamBody, StreamCall, StreamInput,
+    StreamOutput, TerminalSize, WireEndpoint, WireProtocol, WireService, WireServicePort,
     WireServiceType, HEADER_LEN, MAX_MESSAGE_BYTES, MAX_RPC_CHUNK_BYTES, MAX_SEGMENT_BYTES,
     PROTOCOL_VERSION, SERVICE_SHARDS,
 };
@@ -274,6 +275,87 @@ fn rpc_response_error() -> Message {
     })
 }
 
+const SESSION: &str = "5b0c1d2e-3f4a-4b5c-8d6e-7f8091a2b3c4";
+
+fn stream_request(call: StreamCall) -> Message {
+    Message::RpcRequest(RpcRequest {
+        id: SESSION.into(),
+        reply_topic: format!("bramble/home/rpc/resp/{SESSION}"),
+        call: RpcCall::Stream(call),
+    })
+}
+
+fn stream_response(seq: u32, last: bool, body: StreamBody) -> Message {
+    Message::RpcResponse(RpcResponse {
+        id: SESSION.into(),
+        seq,
+        last,
+        body: RpcBody::Stream(body),
+    })
+}
+
+fn rpc_stream_exec() -> Message {
+    stream_request(StreamCall::Exec(ExecSpec {
+        namespace: "default".into(),
+        pod: "web-7d4b9c".into(),
+        container: "nginx".into(),
+        command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    }))
+}
+
+fn rpc_stream_input() -> Message {
+    stream_request(StreamCall::Input(StreamInput {
+        seq: 7,
+        data: b"ls -l /\n\x04\xff".to_vec(),
+        eof: true,
+    }))
+}
+
+fn rpc_stream_ack() -> Message {
+    stream_request(StreamCall::Ack(StreamAck { seq: 70_000 }))
+}
+
+fn rpc_stream_resize() -> Message {
+    stream_request(StreamCall::Resize(TerminalSize {
+        width: 211,
+        height: 53,
+    }))
+}
+
+fn rpc_stream_started() -> Message {
+    stream_response(0, false, StreamBody::Started)
+}
+
+fn rpc_stream_output() -> Message {
+    stream_response(
+        1,
+        false,
+        StreamBody::Output(StreamOutput {
+            channel: 2,
+            data: b"sh: nope: not found\n\xfe".to_vec(),
+        }),
+    )
+}
+
+fn rpc_stream_input_ack() -> Message {
+    stream_response(2, false, StreamBody::InputAck(StreamAck { seq: 7 }))
+}
+
+fn rpc_stream_exited() -> Message {
+    stream_response(
+        3,
+        true,
+        StreamBody::Exited(ExitStatus {
+            code: 137,
+            message: "the session was closed".into(),
+        }),
+    )
+}
+
 fn events() -> Message {
     Message::Events(NodeEvents {
         seq: 42,
@@ -399,6 +481,14 @@ fn samples() -> Vec<(&'static str, Message)> {
         ("rpc_response_error", rpc_response_error()),
         ("events", events()),
         ("services", services()),
+        ("rpc_stream_exec", rpc_stream_exec()),
+        ("rpc_stream_input", rpc_stream_input()),
+        ("rpc_stream_ack", rpc_stream_ack()),
+        ("rpc_stream_resize", rpc_stream_resize()),
+        ("rpc_stream_started", rpc_stream_started()),
+        ("rpc_stream_output", rpc_stream_output()),
+        ("rpc_stream_input_ack", rpc_stream_input_ack()),
+        ("rpc_stream_exited", rpc_stream_exited()),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! Requests from the master to one agent, answered in a stream of numbered
 //! responses (protocol v1: `bramble/{cluster}/nodes/{node}/rpc/req` and
-//! `bramble/{cluster}/rpc/resp/{id}`). Today: container logs.
+//! `bramble/{cluster}/rpc/resp/{id}`): container logs, and the stream
+//! sessions of exec ([`RpcStream::send_stream`], [`RpcStream::next_response`]).
 //!
 //! The hub has an MQTT session of its own (client ID
 //! `bramble-master-{cluster}-rpc`), so a long log stream never waits behind
@@ -14,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bramble_common::wire::{self, Message, RpcBody, RpcCall, RpcRequest, RpcResponse, Topic};
+use bramble_common::wire::{
+    self, Message, RpcBody, RpcCall, RpcRequest, RpcResponse, StreamCall, Topic,
+};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 
@@ -131,8 +134,10 @@ impl RpcHub {
         ) else {
             return;
         };
+        // The agent accepts a request only on its own ID's response topic:
+        // the cancel travels under the ID it cancels.
         let message = Message::RpcRequest(RpcRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.to_string(),
             reply_topic,
             call: RpcCall::Cancel { id: id.to_string() },
         });
@@ -233,22 +238,62 @@ impl RpcStream {
     /// session that ended is an error.
     pub async fn next(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
         loop {
+            match self.next_response().await? {
+                Err(e) => return Some(Err(e)),
+                Ok(response) => match response.body {
+                    RpcBody::LogChunk { data } if data.is_empty() => continue,
+                    RpcBody::LogChunk { data } => return Some(Ok(data)),
+                    RpcBody::Error { message } => return Some(Err(RpcError::Remote(message))),
+                    RpcBody::Stream(_) => {
+                        self.done = true;
+                        return Some(Err(RpcError::Transport(format!(
+                            "node {} answered a log request with a stream session",
+                            self.node
+                        ))));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The ID of the call (a stream session's ID).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Send a follow-up message of this call's stream session to the node
+    /// (same ID and reply topic as the call).
+    pub async fn send_stream(&self, call: StreamCall) -> Result<(), RpcError> {
+        let request_topic = wire::rpc_request_topic(&self.hub.cluster, &self.node)
+            .map_err(|e| RpcError::Transport(e.to_string()))?;
+        let reply_topic = wire::rpc_response_topic(&self.hub.cluster, &self.id)
+            .map_err(|e| RpcError::Transport(e.to_string()))?;
+        let payload = wire::encode(&Message::RpcRequest(RpcRequest {
+            id: self.id.clone(),
+            reply_topic,
+            call: RpcCall::Stream(call),
+        }))
+        .map_err(|e| RpcError::Transport(e.to_string()))?;
+        self.hub
+            .client
+            .publish(request_topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| RpcError::Transport(format!("cannot reach node {}: {e}", self.node)))
+    }
+
+    /// The next response in order, whatever its body; `None` after the last.
+    /// An error body ends the call; a session that ended is an error.
+    pub async fn next_response(&mut self) -> Option<Result<RpcResponse, RpcError>> {
+        loop {
             if self.done {
                 return None;
             }
             if let Some(response) = self.early.remove(&self.next_seq) {
                 self.next_seq = self.next_seq.wrapping_add(1);
-                if response.last {
+                if response.last || matches!(response.body, RpcBody::Error { .. }) {
                     self.done = true;
                 }
-                match response.body {
-                    RpcBody::LogChunk { data } if data.is_empty() => continue,
-                    RpcBody::LogChunk { data } => return Some(Ok(data)),
-                    RpcBody::Error { message } => {
-                        self.done = true;
-                        return Some(Err(RpcError::Remote(message)));
-                    }
-                }
+                return Some(Ok(response));
             }
             match self.rx.recv().await {
                 Some(response) if response.seq >= self.next_seq => {

@@ -72,7 +72,7 @@ fn is_static_elf(b: &[u8]) -> bool {
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "httpd", "wget", "ls", "head", "tr", "dd", "true", "false",
     "mkdir", "hostname", "env", "nc", "ps", "id", "touch", "test", "[", "seq", "grep", "rm",
-    "timeout",
+    "timeout", "tar", "wc", "tty",
 ];
 
 /// The layer every test image has: busybox and its applets, `/etc/passwd`,

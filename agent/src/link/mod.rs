@@ -48,7 +48,7 @@ const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 /// Largest outgoing MQTT packet: a bramble message plus the MQTT header.
 const MAX_OUTGOING_PACKET: usize = wire::MAX_MESSAGE_BYTES + 1024;
 /// RPC requests waiting for the agent; more are dropped (and logged).
-const RPC_QUEUE: usize = 16;
+const RPC_QUEUE: usize = 128;
 /// How long the poller keeps flushing after shutdown.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 

@@ -388,6 +388,10 @@ impl PodRuntime for LinuxPodRuntime {
             None => LogLocation::NotStarted,
         }
     }
+
+    fn exec_target(&self, uid: &str, container: &str) -> Option<super::exec::ExecTarget> {
+        self.runtime.exec_target(uid, container)
+    }
 }
 
 #[cfg(test)]

@@ -558,6 +558,24 @@ impl Runtime for LinuxRuntime {
         None
     }
 
+    fn exec_target(&self, pod_uid: &str, container: &str) -> Option<super::exec::ExecTarget> {
+        if !valid_name(pod_uid) || !valid_name(container) {
+            return None;
+        }
+        let pid = self.container_pid(pod_uid, container)?;
+        let dir = self.inner.container_dir(pod_uid, container);
+        let cwd = fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["process"]["cwd"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "/".to_string());
+        Some(super::exec::ExecTarget {
+            pid,
+            cwd,
+            shim_binary: self.inner.cfg.shim_binary.clone(),
+        })
+    }
+
     fn log_path(&self, pod_uid: &str, container: &str) -> Option<PathBuf> {
         let h = lock(&self.inner.pods).get(pod_uid).cloned()?;
         let d = lock(&h.desired);

@@ -29,6 +29,7 @@ pub mod adapter;
 mod backoff;
 mod env;
 mod events;
+pub mod exec;
 pub mod hostcheck;
 mod linux;
 pub mod logs;
@@ -137,6 +138,12 @@ pub trait Runtime: Send + Sync {
     /// Why the runtime cannot start containers now (`None`: it can). Cheap:
     /// called at every node health check.
     fn health(&self) -> Option<String> {
+        None
+    }
+    /// Where to run a command in a running container (`kubectl exec`);
+    /// `None` when the container does not run (or the runtime cannot exec).
+    fn exec_target(&self, pod_uid: &str, container: &str) -> Option<exec::ExecTarget> {
+        let _ = (pod_uid, container);
         None
     }
 }

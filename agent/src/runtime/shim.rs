@@ -19,7 +19,9 @@
 //! or killed and the container keeps running and logging.
 //!
 //! `bramble-agent shim exec PID -- CMD...` runs a command inside a running
-//! container's namespaces and cgroups (exec probes).
+//! container's namespaces and cgroups (exec probes); `bramble-agent shim
+//! session ...` runs an interactive one (`kubectl exec`, see
+//! [`super::exec`]).
 
 use std::ffi::{CString, OsString};
 use std::fs;
@@ -118,6 +120,7 @@ pub fn shim_main(args: Vec<OsString>) -> i32 {
         .collect();
     match args.first().map(String::as_str) {
         Some("run") if args.len() == 2 => run(Path::new(&args[1])),
+        Some("session") => super::exec::session_main(&args[1..]),
         Some("exec") if args.len() >= 4 && args[2] == "--" => match args[1].parse::<i32>() {
             Ok(pid) => exec_in(pid, &args[3..]),
             Err(_) => {
@@ -446,7 +449,25 @@ fn exec_in(pid: i32, cmd: &[String]) -> i32 {
     }
 }
 
-fn exec_in_inner(pid: i32, cmd: &[String]) -> io::Result<i32> {
+/// What a process needs to run as the container's own: its environment and
+/// its user, read from the container's init.
+#[derive(Debug, Clone)]
+pub(crate) struct Entered {
+    /// The init's environment.
+    pub env: Vec<CString>,
+    /// Its user ID.
+    pub uid: u32,
+    /// Its group ID.
+    pub gid: u32,
+    /// Its supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Join the cgroups and namespaces (ipc, uts, net, pid, mount) of the
+/// container whose init is `pid`, as `runc exec` does. Only for a
+/// single-threaded process (the shim): `setns` of the mount namespace is
+/// refused to multi-threaded ones, and the pid namespace applies to children.
+pub(crate) fn enter_container(pid: i32) -> io::Result<Entered> {
     use nix::sched::{setns, CloneFlags};
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     // Join the container's cgroups first (paths are host-relative here).
@@ -483,14 +504,20 @@ fn exec_in_inner(pid: i32, cmd: &[String]) -> io::Result<i32> {
         .filter_map(|s| CString::new(s).ok())
         .collect();
     let status = fs::read_to_string(proc_dir.join("status"))?;
-    let id_of = |key: &str| -> u32 {
+    let field = |key: &str| -> Vec<u32> {
         status
             .lines()
             .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let (uid, gid) = (id_of("Uid:"), id_of("Gid:"));
+    let first = |key: &str| field(key).first().copied().unwrap_or(0);
+    let (uid, gid) = (first("Uid:"), first("Gid:"));
+    let groups = field("Groups:");
     let mut nss = Vec::new();
     for (name, flag) in [
         ("ipc", CloneFlags::CLONE_NEWIPC),
@@ -506,6 +533,16 @@ fn exec_in_inner(pid: i32, cmd: &[String]) -> io::Result<i32> {
         // Same namespace as ours (host network): setns is harmless.
         setns(f.as_fd(), *flag).map_err(io::Error::from)?;
     }
+    Ok(Entered {
+        env,
+        uid,
+        gid,
+        groups,
+    })
+}
+
+fn exec_in_inner(pid: i32, cmd: &[String]) -> io::Result<i32> {
+    let Entered { env, uid, gid, .. } = enter_container(pid)?;
     match sys::fork_single_threaded()? {
         nix::unistd::ForkResult::Parent { child } => loop {
             match waitpid(child, None) {

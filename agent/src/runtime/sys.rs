@@ -81,3 +81,70 @@ pub fn thread_count() -> Option<usize> {
         .parse()
         .ok()
 }
+
+/// Open a new pseudo-terminal from `/dev/ptmx` of the calling process's
+/// mount namespace; returns the master and the path of its slave.
+pub fn open_pty() -> io::Result<(std::os::fd::OwnedFd, std::path::PathBuf)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: posix_openpt takes only flags; the returned fd is checked and
+    // owned at once.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: grantpt/unlockpt take a valid pty master descriptor.
+    if unsafe { libc::grantpt(fd) } != 0 || unsafe { libc::unlockpt(fd) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0 as libc::c_char; 128];
+    // SAFETY: `buf` is writable for `buf.len()` bytes and outlives the call;
+    // ptsname_r NUL-terminates what it writes.
+    let rc = unsafe { libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: ptsname_r succeeded, so `buf` holds a NUL-terminated string.
+    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    Ok((
+        master,
+        std::path::PathBuf::from(name.to_string_lossy().into_owned()),
+    ))
+}
+
+/// Set the window size of the terminal `fd` (`TIOCSWINSZ`).
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, width: u16, height: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `size` is a valid winsize that outlives the call; the ioctl
+    // only reads it.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ as _, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Make terminal `fd` the controlling terminal of the calling process (a
+/// session leader), `TIOCSCTTY`.
+pub fn set_controlling_terminal(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSCTTY takes an integer argument and touches no memory.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY as _, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Own descriptor `fd`, which the caller just created (`F_DUPFD`) and which
+/// nothing else owns.
+pub fn own_fresh_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller guarantees `fd` is open and owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

@@ -119,4 +119,12 @@ pub trait PodRuntime: Send + Sync + 'static {
         let _ = (uid, container);
         LogLocation::NotKept
     }
+
+    /// Where to run `kubectl exec` in container `container` of pod `uid`;
+    /// `None` when it does not run or the runtime cannot exec (the
+    /// default). Must be cheap.
+    fn exec_target(&self, uid: &str, container: &str) -> Option<crate::runtime::exec::ExecTarget> {
+        let _ = (uid, container);
+        None
+    }
 }

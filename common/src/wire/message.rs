@@ -296,6 +296,9 @@ pub enum RpcCall {
         /// The ID of the request to stop.
         id: String,
     },
+    /// Open or drive an interactive stream session (exec); see
+    /// [`super::stream`].
+    Stream(super::stream::StreamCall),
 }
 
 /// One part of the answer to an [`RpcRequest`].
@@ -326,6 +329,8 @@ pub enum RpcBody {
         /// What went wrong, lowercase, saying what to do.
         message: String,
     },
+    /// A part of an interactive stream session; see [`super::stream`].
+    Stream(super::stream::StreamBody),
 }
 
 /// A batch of what happened on one node: the kubelet's Events, already

@@ -10,6 +10,8 @@
 //!   [`MAX_MESSAGE_BYTES`]: never truncate) and [`decode`] (never panics).
 //! - [`convert`]: wire types from API objects, and the JSON they carry back
 //!   into API types.
+//! - [`stream`]: interactive sessions (exec) over the RPC topics, flow
+//!   controlled both ways.
 //! - [`backoff`]: capped exponential reconnect backoff with full jitter.
 //!
 //! Everything here is pure: no I/O, no clock, no randomness of its own.
@@ -19,6 +21,7 @@ pub mod codec;
 pub mod convert;
 pub mod message;
 pub mod services;
+pub mod stream;
 pub mod topic;
 
 pub use backoff::{Backoff, DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF};
@@ -35,6 +38,10 @@ pub use message::{
 pub use services::{
     shard_of, ServiceShard, WireEndpoint, WireProtocol, WireService, WireServicePort,
     WireServiceType, SERVICE_SHARDS,
+};
+pub use stream::{
+    ExecSpec, ExitStatus, StreamAck, StreamBody, StreamCall, StreamInput, StreamOutput,
+    TerminalSize, STREAM_WINDOW,
 };
 pub use topic::{
     desired_topic, parse_topic, presence_filter, presence_topic, report_filter, report_topic,

@@ -26,6 +26,16 @@ pub async fn resource(
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let method = request.method().clone();
+    if let (Some(name), Some(Subresource::Exec)) = (&target.name, target.subresource) {
+        if method != Method::GET && method != Method::POST {
+            return Err(ApiError::method_not_allowed(
+                method.as_str(),
+                request.uri().path(),
+            ));
+        }
+        let namespace = target.namespace.as_deref().unwrap_or("default");
+        return super::exec::serve(state, namespace, name, request).await;
+    }
     let query = parse_query(request.uri().query());
     let headers = request.headers().clone();
     let path = request.uri().path().to_string();
@@ -147,7 +157,8 @@ pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     map
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decode `%XX` escapes and `+` of a query string component.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -431,7 +442,7 @@ async fn write_update(
         }
         // `log` is read-only and `scale` has its own handlers: `resource`
         // answers them before here.
-        None | Some(Subresource::Log | Subresource::Scale) => {
+        None | Some(Subresource::Log | Subresource::Exec | Subresource::Scale) => {
             state.store.update(key, value, precondition).await
         }
     }

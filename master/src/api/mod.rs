@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod exec;
 pub mod handlers;
 pub mod logs;
 pub mod nodes;

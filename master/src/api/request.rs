@@ -55,6 +55,8 @@ pub enum Subresource {
     Status,
     /// `/log` (pods only)
     Log,
+    /// `/exec` (pods only)
+    Exec,
     /// `/scale` (Deployments and ReplicaSets: autoscaling/v1 `Scale`)
     Scale,
 }
@@ -101,6 +103,7 @@ fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute
     let subresource = |plural: &&str, s: &str| match s {
         "status" => Ok(Subresource::Status),
         "log" if plural == &"pods" => Ok(Subresource::Log),
+        "exec" if plural == &"pods" => Ok(Subresource::Exec),
         "scale" if matches!(*plural, "deployments" | "replicasets") => Ok(Subresource::Scale),
         _ => Err(NoRoute),
     };
@@ -185,8 +188,16 @@ mod tests {
         assert_eq!(parse_path("/api/v1/pods/web"), Err(NoRoute));
         assert_eq!(parse_path("/apis/batch/v1/jobs"), Err(NoRoute));
         assert_eq!(
-            parse_path("/api/v1/namespaces/default/pods/web/exec"),
+            parse_path("/api/v1/namespaces/default/pods/web/attach"),
             Err(NoRoute)
+        );
+        assert_eq!(
+            parse_path("/api/v1/namespaces/default/services/web/exec"),
+            Err(NoRoute)
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/default/pods/web/exec").subresource,
+            Some(Subresource::Exec)
         );
         assert_eq!(
             parse_path("/api/v1/namespaces/default/services/web/log"),

@@ -245,6 +245,35 @@ impl Client {
         Ok((status, response.into_body()))
     }
 
+    /// Send a `GET` asking to upgrade the connection with `headers` (a
+    /// WebSocket handshake); the whole response, for `hyper::upgrade::on`.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<ResponseBody>, ClientError> {
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{}", self.server, path));
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        builder = builder.header("user-agent", concat!("bramble/", env!("CARGO_PKG_VERSION")));
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Config(format!("bad request: {e}")))?;
+        self.http
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                server: self.server.clone(),
+                reason: error_chain(&e),
+            })
+    }
+
     /// Send a request and decode the JSON answer; error statuses become [`ClientError::Api`].
     pub async fn json(
         &self,

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod client;
+mod exec;
 mod get;
 mod local_agent;
 mod logs;
@@ -58,6 +59,8 @@ pub enum Command {
     Delete(get::DeleteArgs),
     /// Print a container's log, fetched from its node (`-f` to follow).
     Logs(logs::LogsArgs),
+    /// Run a command in a container, as `kubectl exec` (`-i` for stdin).
+    Exec(exec::ExecArgs),
     /// Build flashable device images (agent, enabled unit, config baked in).
     #[command(name = "device-image", subcommand)]
     DeviceImage(crate::device_image::DeviceImageCommand),
@@ -112,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Describe(args) => runtime.block_on(get::describe(cli.kubeconfig.as_deref(), args)),
         Command::Delete(args) => runtime.block_on(get::delete(cli.kubeconfig.as_deref(), args)),
         Command::Logs(args) => runtime.block_on(logs::run(cli.kubeconfig.as_deref(), args)),
+        Command::Exec(args) => runtime.block_on(exec::run(cli.kubeconfig.as_deref(), args)),
         Command::Node(cmd) => runtime.block_on(node::run(cli.kubeconfig.as_deref(), cmd)),
         Command::Snapshot(cmd) => runtime.block_on(snapshot::run(cli.kubeconfig.as_deref(), cmd)),
         Command::Version => runtime.block_on(version(cli.kubeconfig.as_deref())),

@@ -516,8 +516,8 @@ impl Agent {
         };
         let mut child = command
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BRAMBLE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
