@@ -25,6 +25,7 @@ pub mod network;
 pub mod node;
 pub mod rpc;
 pub mod runtime;
+pub mod services;
 pub mod shutdown;
 pub mod state;
 pub mod sync;

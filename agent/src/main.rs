@@ -510,7 +510,9 @@ fn run(
                 )));
             }
         } else {
-            for settings in nodes {
+            for mut settings in nodes {
+                // Simulated nodes have no pod network to proxy for.
+                settings.service_proxy = false;
                 let runtime = Arc::new(SimRuntime::new());
                 tasks.push(tokio::spawn(node::run(settings, runtime, shutdown.clone())));
             }

@@ -80,6 +80,8 @@ pub struct NodeSettings {
     pub node_address: Option<Ipv4Addr>,
     /// The node's events, sent to the master on its report topic.
     pub events: EventRecorder,
+    /// Whether the service proxy is programmed (with the pod network).
+    pub service_proxy: bool,
 }
 
 impl NodeSettings {
@@ -106,6 +108,7 @@ impl NodeSettings {
             started_unix,
             node_address: config.node_address,
             events: EventRecorder::new(&config.node),
+            service_proxy: config.network,
         })
     }
 }
@@ -219,6 +222,7 @@ async fn run_inner<R: PodRuntime>(
         mut connection,
         desired: mut received,
         rpc,
+        services: received_services,
         poller,
     } = link::start(
         LinkSettings {
@@ -246,6 +250,29 @@ async fn run_inner<R: PodRuntime>(
                 snapshots: snapshots.clone(),
                 connection: connection.clone(),
             },
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+
+    // 5. The Services: proxy (and the table the DNS server answers from).
+    let (services_table, _services_rx) = watch::channel(Arc::default());
+    tokio::spawn(
+        crate::services::run(
+            crate::services::ServicesSettings {
+                state_dir: settings.state_dir.clone(),
+                node: settings.node.clone(),
+                proxy: settings.service_proxy,
+                table: crate::network::proxy::table_name(&settings.node),
+                nft_binary: "nft".into(),
+                node_netns: None,
+                local_dns: false,
+                events: settings.events.clone(),
+            },
+            received_services,
+            sync_tx.subscribe(),
+            snapshots.clone(),
+            services_table,
             shutdown.clone(),
         )
         .in_current_span(),
@@ -440,6 +467,12 @@ impl Publisher {
             .try_subscribe(self.topics.rpc_request.clone(), QoS::AtLeastOnce)
         {
             warn!(error = %e, "cannot subscribe to rpc requests (bramble logs)");
+        }
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.topics.services.clone(), QoS::AtLeastOnce)
+        {
+            warn!(error = %e, "cannot subscribe to the cluster's services");
         }
         self.presence(&Presence::Online {
             agent_version: settings.facts.node.agent_version.clone(),
