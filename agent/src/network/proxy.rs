@@ -651,10 +651,15 @@ fn write_table(config: &ProxyConfig, table: &Table) -> String {
         &mut out,
         "filter-output",
         Some("type filter hook output priority -110; policy accept;"),
-        &[
-            "ct state new jump service-endpoints-check".to_string(),
-            "ct state new jump cluster-ips-check".to_string(),
-        ],
+        &["ct state new jump service-endpoints-check".to_string()],
+    );
+    // After nat-output: a connection DNATed to an endpoint no longer has
+    // a cluster IP as its destination.
+    write_chain(
+        &mut out,
+        "filter-output-post-dnat",
+        Some("type filter hook output priority -90; policy accept;"),
+        &["ct state new jump cluster-ips-check".to_string()],
     );
     for (name, rules) in &table.chains {
         write_chain(&mut out, name, None, rules);
