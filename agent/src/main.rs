@@ -349,6 +349,11 @@ fn local_command(
             let network = network_for(&node, &state_dir, &run_dir, &bridge)?;
             network.reset().context("cannot reset the pod network")?;
             println!("pod network of node {node} removed");
+            let table = bramble_agent::network::proxy::table_name(&node);
+            bramble_agent::services::reset(&state_dir, "nft", &table)
+                .map_err(anyhow::Error::msg)
+                .context("cannot remove the service proxy")?;
+            println!("service proxy table {table} and saved services removed");
             for path in bramble_agent::runtime::remove_empty_leftovers(&run_dir, &node) {
                 println!("removed empty {}", path.display());
             }
