@@ -17,6 +17,7 @@
 //! - [`shutdown`]: the shutdown signal every long-running task takes.
 
 pub mod config;
+pub mod dns;
 pub mod events;
 pub mod facts;
 pub mod images;
