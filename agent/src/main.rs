@@ -398,6 +398,11 @@ fn real_runtime(
         config.run_dir.clone(),
     );
     runtime_config.events = events;
+    if config.network {
+        // ClusterFirst pods ask the cluster DNS Service, which the service
+        // proxy sends to this node's own DNS server.
+        runtime_config.cluster_dns = Some(bramble_agent::dns::DEFAULT_CLUSTER_DNS.into());
+    }
     let runtime =
         LinuxRuntime::new(runtime_config).context("cannot start the container runtime")?;
     let preload = config.state_dir.join("preload");

@@ -256,7 +256,7 @@ async fn run_inner<R: PodRuntime>(
     );
 
     // 5. The Services: proxy (and the table the DNS server answers from).
-    let (services_table, _services_rx) = watch::channel(Arc::default());
+    let (services_table, services_rx) = watch::channel(Arc::default());
     tokio::spawn(
         crate::services::run(
             crate::services::ServicesSettings {
@@ -266,7 +266,7 @@ async fn run_inner<R: PodRuntime>(
                 table: crate::network::proxy::table_name(&settings.node),
                 nft_binary: "nft".into(),
                 node_netns: None,
-                local_dns: false,
+                local_dns: settings.service_proxy,
                 events: settings.events.clone(),
             },
             received_services,
@@ -277,6 +277,9 @@ async fn run_inner<R: PodRuntime>(
         )
         .in_current_span(),
     );
+    if settings.service_proxy {
+        tokio::spawn(run_dns(sync_tx.subscribe(), services_rx, shutdown.clone()).in_current_span());
+    }
 
     let node_status = settings
         .facts
@@ -411,6 +414,51 @@ async fn run_inner<R: PodRuntime>(
     }
     info!("node agent stopped");
     Ok(())
+}
+
+/// The node-local DNS server, on the pod bridge's address once the node's
+/// pod CIDR is known (from the desired state, local or received).
+async fn run_dns(
+    mut desired: watch::Receiver<Option<Arc<NodeDesired>>>,
+    services: watch::Receiver<Arc<crate::services::ServiceTable>>,
+    mut shutdown: Shutdown,
+) {
+    let gateway = loop {
+        let gateway = desired.borrow_and_update().as_ref().and_then(|d| {
+            d.node_config
+                .pod_cidr
+                .parse::<ipnet::Ipv4Net>()
+                .ok()
+                .and_then(|cidr| cidr.hosts().next())
+        });
+        if let Some(gateway) = gateway {
+            break gateway;
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            changed = desired.changed() => if changed.is_err() { return },
+        }
+    };
+    let resolv = tokio::task::spawn_blocking(|| std::fs::read_to_string("/etc/resolv.conf"))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let upstreams = crate::dns::server::upstreams_from_resolv_conf(&resolv, gateway);
+    if upstreams.is_empty() {
+        info!("no upstream resolver in /etc/resolv.conf: the node-local DNS answers cluster names only");
+    }
+    crate::dns::server::serve(
+        crate::dns::server::DnsSettings {
+            listen: (gateway, 53).into(),
+            domain: crate::dns::CLUSTER_DOMAIN.into(),
+            upstreams,
+            forward_timeout: Duration::from_secs(2),
+        },
+        services,
+        shutdown,
+    )
+    .await;
 }
 
 /// The node's events of a start: `Starting`, and `Rebooted` when the

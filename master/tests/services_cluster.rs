@@ -9,8 +9,12 @@
 //! answers from both; the NodePort answers from outside on every node's
 //! address; with the master stopped, and then with an agent restarted
 //! while the master is still down (its Services from its saved copy),
-//! the pods still reach the Service. Requests are made with busybox wget
-//! inside the pods' network namespaces (`nsenter --net`).
+//! the pods still reach the Service. Client pods reach `web`,
+//! `web.default` and `web.default.svc.cluster.local` by name (their
+//! resolv.conf, the cluster DNS Service DNATed to the node-local DNS
+//! server), and the name still resolves with the master stopped. Other
+//! requests are made with busybox wget and nslookup inside the pods'
+//! network namespaces (`nsenter --net`).
 //!
 //! Needs root, `ip`, `nsenter`, `nft` and Debian's `busybox-static`.
 
@@ -21,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::net::{apply, get_json, pod, wget_from, NetCluster};
+use support::net::{apply, client_pod, get_json, in_netns, pod, wget_from, NetCluster, BUSYBOX};
 use support::wait_until;
 
 const NODE_PORT: u16 = 30081;
@@ -49,6 +53,25 @@ fn backend(name: &str, node: &str) -> Value {
 /// A pod that only sleeps: its network namespace is where requests come from.
 fn sleeper(name: &str, node: &str) -> Value {
     pod(name, node, &["sleep", "3600"], "Always", json!({}))
+}
+
+/// `nslookup name 10.96.0.10` from `netns` (the cluster DNS Service,
+/// which each node's proxy sends to its own DNS server) until it lists
+/// `address`.
+#[track_caller]
+fn wait_resolves(what: &str, netns: &Path, name: &str, address: &str) {
+    wait_until(what, Duration::from_secs(30), || {
+        let out = in_netns(
+            netns,
+            BUSYBOX,
+            &["timeout", "3", BUSYBOX, "nslookup", name, "10.96.0.10"],
+        )?;
+        if out.contains(address) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
 }
 
 /// Who answers `url` from `netns`, until every one of `expected` has
@@ -133,10 +156,43 @@ fn pods_on_both_nodes_reach_a_service_and_its_node_port_also_with_the_master_sto
         );
     }
 
-    // The master goes away: the nodes keep routing.
+    // Names: a pod on either node resolves `web`, `web.default` and the
+    // full name through its resolv.conf (search path, ndots:5) and reaches
+    // both backends by name.
+    let names = [
+        ("short-a", &a, "http://web/", "web-a"),
+        ("short-b", &b, "http://web/", "web-b"),
+        ("ns-a", &a, "http://web.default/", "web-b"),
+        ("ns-b", &b, "http://web.default/", "web-a"),
+        (
+            "fqdn-a",
+            &a,
+            "http://web.default.svc.cluster.local/",
+            "web-a",
+        ),
+        (
+            "fqdn-b",
+            &b,
+            "http://web.default.svc.cluster.local/",
+            "web-b",
+        ),
+    ];
+    for (name, node, url, expect) in names {
+        apply(cluster.master(), &client_pod(name, node, url, expect));
+    }
+    for (name, ..) in names {
+        cluster.wait_succeeded(name);
+    }
+    let fqdn = "web.default.svc.cluster.local";
+    for netns in &clients {
+        wait_resolves("the ClusterIP by name", netns, fqdn, &cluster_ip);
+    }
+
+    // The master goes away: the nodes keep routing and resolving.
     cluster.master.as_mut().expect("master").stop();
     for netns in &clients {
         wait_answers("with the master stopped", netns, &url, &both);
+        wait_resolves("with the master stopped", netns, fqdn, &cluster_ip);
     }
     // An agent restarted while the master is down programs its Services
     // from its saved copy.
@@ -159,5 +215,11 @@ fn pods_on_both_nodes_reach_a_service_and_its_node_port_also_with_the_master_sto
         &clients[0],
         &url,
         &both,
+    );
+    wait_resolves(
+        "restarted agent, master still down",
+        &clients[0],
+        fqdn,
+        &cluster_ip,
     );
 }

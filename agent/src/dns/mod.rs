@@ -13,3 +13,12 @@
 
 pub mod server;
 pub mod zone;
+
+/// The cluster domain (Kubernetes' default; the master does not send
+/// another one in protocol v1).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The cluster DNS Service's default address, written as the nameserver
+/// of `ClusterFirst` pods' `resolv.conf` (the proxy DNATs it to the
+/// node-local server).
+pub const DEFAULT_CLUSTER_DNS: &str = "10.96.0.10";
