@@ -337,13 +337,12 @@ fn add_service(table: &mut Table, config: &ProxyConfig, service: &WireService, l
         let proto = port.protocol.as_lower();
         let all = candidates(config, service, index, local);
         let local_only = usable(all.iter().filter(|c| c.local));
-        let cluster = if service.internal_local {
-            local_only.clone()
-        } else if service.prefer_same_node && !local_only.is_empty() {
-            local_only.clone()
-        } else {
-            usable(all.iter())
-        };
+        let cluster =
+            if service.internal_local || (service.prefer_same_node && !local_only.is_empty()) {
+                local_only.clone()
+            } else {
+                usable(all.iter())
+            };
         let external = if service.external_local {
             local_only.clone()
         } else {
