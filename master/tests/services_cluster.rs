@@ -5,7 +5,8 @@
 //! and the cleanup, which runs even when an assertion fails.
 //!
 //! Two backends (busybox httpd answering with their pod name) behind a
-//! NodePort Service: a pod on either node reaches the ClusterIP and gets
+//! NodePort Service and a LoadBalancer Service (EXTERNAL-IP: the nodes'
+//! addresses, answering there from outside): a pod on either node reaches the ClusterIP and gets
 //! answers from both; the NodePort answers from outside on every node's
 //! address; with the master stopped, and then with an agent restarted
 //! while the master is still down (its Services from its saved copy),
@@ -152,6 +153,60 @@ fn pods_on_both_nodes_reach_a_service_and_its_node_port_also_with_the_master_sto
             &format!("NodePort on {} from outside", node.name),
             &outside,
             &node_port,
+            &both,
+        );
+    }
+
+    // A LoadBalancer Service (ServiceLB): the nodes' addresses are its
+    // EXTERNAL-IP and its port answers there from outside.
+    apply(
+        cluster.master(),
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web-lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 8088, "targetPort": "http"}]},
+        }),
+    );
+    let addresses: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.address.to_string())
+        .collect();
+    wait_until(
+        "web-lb's ingress lists both nodes",
+        Duration::from_secs(30),
+        || {
+            let lb = get_json(cluster.master(), &["svc", "web-lb"])?;
+            let ingress: Vec<String> = lb["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().map(str::to_string))
+                .collect();
+            let mut want = addresses.clone();
+            want.sort();
+            if ingress == want {
+                Ok(())
+            } else {
+                Err(format!("{lb:#}"))
+            }
+        },
+    );
+    // The table shortens a long EXTERNAL-IP list as kubectl does
+    // (`172.31.X.10,...`): it shows the first node address, not <pending>.
+    let table = support::ok(cluster.master().bramble(&["get", "svc", "web-lb"]));
+    let mut sorted = addresses.clone();
+    sorted.sort();
+    assert!(
+        !table.contains("<pending>") && table.contains(&sorted[0][..sorted[0].len().min(13)]),
+        "EXTERNAL-IP shows the nodes' addresses:\n{table}"
+    );
+    for address in &addresses {
+        wait_answers(
+            &format!("LoadBalancer {address}:8088 from outside"),
+            &outside,
+            &format!("http://{address}:8088/"),
             &both,
         );
     }
