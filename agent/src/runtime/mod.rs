@@ -33,6 +33,7 @@ mod linux;
 pub mod logs;
 pub mod netns;
 mod probes;
+pub mod resolv;
 pub mod shim;
 pub mod spec;
 #[doc(hidden)]
