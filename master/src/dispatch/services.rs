@@ -287,6 +287,7 @@ fn object_key(object: &Value) -> NameKey {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
 
