@@ -19,6 +19,7 @@
 //! - [`shutdown`]: the shutdown signal every long-running task takes.
 
 pub mod config;
+pub mod dns;
 pub mod events;
 pub mod facts;
 pub mod health;
@@ -28,6 +29,7 @@ pub mod network;
 pub mod node;
 pub mod rpc;
 pub mod runtime;
+pub mod services;
 pub mod shutdown;
 pub mod state;
 pub mod stream;

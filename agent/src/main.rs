@@ -431,6 +431,11 @@ fn local_command(
             let network = network_for(&node, &state_dir, &run_dir, &bridge)?;
             network.reset().context("cannot reset the pod network")?;
             println!("pod network of node {node} removed");
+            let table = bramble_agent::network::proxy::table_name(&node);
+            bramble_agent::services::reset(&state_dir, "nft", &table)
+                .map_err(anyhow::Error::msg)
+                .context("cannot remove the service proxy")?;
+            println!("service proxy table {table} and saved services removed");
             for path in bramble_agent::runtime::remove_empty_leftovers(&run_dir, &node) {
                 println!("removed empty {}", path.display());
             }
@@ -476,6 +481,11 @@ fn real_runtime(
     );
     runtime_config.events = events;
     runtime_config.registries = config.registries.clone();
+    if config.network {
+        // ClusterFirst pods ask the cluster DNS Service, which the service
+        // proxy sends to this node's own DNS server.
+        runtime_config.cluster_dns = Some(bramble_agent::dns::DEFAULT_CLUSTER_DNS.into());
+    }
     let runtime =
         LinuxRuntime::new(runtime_config).context("cannot start the container runtime")?;
     let preload = config.state_dir.join("preload");
@@ -593,7 +603,9 @@ fn run(
                 )));
             }
         } else {
-            for settings in nodes {
+            for mut settings in nodes {
+                // Simulated nodes have no pod network to proxy for.
+                settings.service_proxy = false;
                 let runtime = Arc::new(SimRuntime::new());
                 tasks.push(tokio::spawn(node::run(settings, runtime, shutdown.clone())));
             }

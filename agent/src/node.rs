@@ -83,6 +83,8 @@ pub struct NodeSettings {
     pub node_address: Option<Ipv4Addr>,
     /// The node's events, sent to the master on its report topic.
     pub events: EventRecorder,
+    /// Whether the service proxy is programmed (with the pod network).
+    pub service_proxy: bool,
 }
 
 impl NodeSettings {
@@ -109,6 +111,7 @@ impl NodeSettings {
             started_unix,
             node_address: config.node_address,
             events: EventRecorder::new(&config.node),
+            service_proxy: config.network,
         })
     }
 }
@@ -222,6 +225,7 @@ async fn run_inner<R: PodRuntime>(
         mut connection,
         desired: mut received,
         rpc,
+        services: received_services,
         poller,
     } = link::start(
         LinkSettings {
@@ -254,6 +258,32 @@ async fn run_inner<R: PodRuntime>(
         )
         .in_current_span(),
     );
+
+    // 5. The Services: proxy (and the table the DNS server answers from).
+    let (services_table, services_rx) = watch::channel(Arc::default());
+    tokio::spawn(
+        crate::services::run(
+            crate::services::ServicesSettings {
+                state_dir: settings.state_dir.clone(),
+                node: settings.node.clone(),
+                proxy: settings.service_proxy,
+                table: crate::network::proxy::table_name(&settings.node),
+                nft_binary: "nft".into(),
+                node_netns: None,
+                local_dns: settings.service_proxy,
+                events: settings.events.clone(),
+            },
+            received_services,
+            sync_tx.subscribe(),
+            snapshots.clone(),
+            services_table,
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+    if settings.service_proxy {
+        tokio::spawn(run_dns(sync_tx.subscribe(), services_rx, shutdown.clone()).in_current_span());
+    }
 
     let mut node_status = settings
         .facts
@@ -446,6 +476,51 @@ async fn measure_health<R: PodRuntime>(
     }
 }
 
+/// The node-local DNS server, on the pod bridge's address once the node's
+/// pod CIDR is known (from the desired state, local or received).
+async fn run_dns(
+    mut desired: watch::Receiver<Option<Arc<NodeDesired>>>,
+    services: watch::Receiver<Arc<crate::services::ServiceTable>>,
+    mut shutdown: Shutdown,
+) {
+    let gateway = loop {
+        let gateway = desired.borrow_and_update().as_ref().and_then(|d| {
+            d.node_config
+                .pod_cidr
+                .parse::<ipnet::Ipv4Net>()
+                .ok()
+                .and_then(|cidr| cidr.hosts().next())
+        });
+        if let Some(gateway) = gateway {
+            break gateway;
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            changed = desired.changed() => if changed.is_err() { return },
+        }
+    };
+    let resolv = tokio::task::spawn_blocking(|| std::fs::read_to_string("/etc/resolv.conf"))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let upstreams = crate::dns::server::upstreams_from_resolv_conf(&resolv, gateway);
+    if upstreams.is_empty() {
+        info!("no upstream resolver in /etc/resolv.conf: the node-local DNS answers cluster names only");
+    }
+    crate::dns::server::serve(
+        crate::dns::server::DnsSettings {
+            listen: (gateway, 53).into(),
+            domain: crate::dns::CLUSTER_DOMAIN.into(),
+            upstreams,
+            forward_timeout: Duration::from_secs(2),
+        },
+        services,
+        shutdown,
+    )
+    .await;
+}
+
 /// The node's events of a start: `Starting`, and `Rebooted` when the
 /// device booted since the agent last ran.
 async fn note_start(settings: &NodeSettings) {
@@ -500,6 +575,12 @@ impl Publisher {
             .try_subscribe(self.topics.rpc_request.clone(), QoS::AtLeastOnce)
         {
             warn!(error = %e, "cannot subscribe to rpc requests (bramble logs)");
+        }
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.topics.services.clone(), QoS::AtLeastOnce)
+        {
+            warn!(error = %e, "cannot subscribe to the cluster's services");
         }
         self.presence(&Presence::Online {
             agent_version: settings.facts.node.agent_version.clone(),

@@ -20,11 +20,12 @@
 
 pub mod coalesce;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bramble_common::wire::{
-    self, Backoff, DecodeError, Message, NodeDesired, Presence, RpcRequest, TopicError,
+    self, Backoff, DecodeError, Message, NodeDesired, Presence, RpcRequest, ServiceShard, Topic,
+    TopicError,
 };
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
@@ -108,6 +109,18 @@ pub struct ReceivedDesired {
     pub desired: NodeDesired,
 }
 
+/// A shard of the cluster's Services received from the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedShard {
+    /// The payload as received (what the agent persists).
+    pub payload: Vec<u8>,
+    /// The decoded shard.
+    pub shard: ServiceShard,
+}
+
+/// The newest shard received of each shard number.
+pub type ReceivedShards = BTreeMap<u32, ReceivedShard>;
+
 /// The node's topics.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -119,6 +132,8 @@ pub struct Topics {
     pub presence: String,
     /// `bramble/{cluster}/nodes/{node}/rpc/req`.
     pub rpc_request: String,
+    /// `bramble/{cluster}/services/+`.
+    pub services: String,
 }
 
 impl Topics {
@@ -129,6 +144,7 @@ impl Topics {
             report: wire::report_topic(cluster, node)?,
             presence: wire::presence_topic(cluster, node)?,
             rpc_request: wire::rpc_request_topic(cluster, node)?,
+            services: wire::services_filter(cluster)?,
         })
     }
 }
@@ -146,6 +162,8 @@ pub struct Link {
     pub desired: watch::Receiver<Option<ReceivedDesired>>,
     /// RPC requests from the master, in arrival order.
     pub rpc: mpsc::Receiver<RpcRequest>,
+    /// The newest shard of the cluster's Services, by shard number.
+    pub services: watch::Receiver<ReceivedShards>,
     /// The poller task; it ends after a disconnect or at shutdown.
     pub poller: JoinHandle<()>,
 }
@@ -180,7 +198,10 @@ pub fn start(settings: LinkSettings, shutdown: Shutdown) -> Result<Link, LinkErr
     let (connection_tx, connection) = watch::channel(Connection::default());
     let (desired_tx, desired) = watch::channel(None);
     let (rpc_tx, rpc) = mpsc::channel(RPC_QUEUE);
+    let (services_tx, services) = watch::channel(ReceivedShards::new());
     let poller = Poller {
+        cluster: settings.cluster.clone(),
+        services_tx,
         eventloop,
         backoff: settings.backoff,
         node: settings.node.clone(),
@@ -201,6 +222,7 @@ pub fn start(settings: LinkSettings, shutdown: Shutdown) -> Result<Link, LinkErr
         connection,
         desired,
         rpc,
+        services,
         poller,
     })
 }
@@ -249,6 +271,8 @@ pub fn decode_error_key(error: &DecodeError) -> String {
 }
 
 struct Poller {
+    cluster: String,
+    services_tx: watch::Sender<ReceivedShards>,
     eventloop: EventLoop,
     backoff: Backoff,
     node: String,
@@ -368,6 +392,12 @@ impl Poller {
             self.received_rpc(&payload);
             return;
         }
+        if let Some(Topic::Services { cluster, shard }) = wire::parse_topic(topic) {
+            if cluster == self.cluster {
+                self.received_shard(shard, payload);
+                return;
+            }
+        }
         if topic != self.desired_topic {
             self.log_once(
                 format!("topic {topic}"),
@@ -414,6 +444,46 @@ impl Poller {
                     &format!("dropped an undecodable desired state: {e}"),
                 );
             }
+        }
+    }
+
+    fn received_shard(&mut self, number: u32, payload: Vec<u8>) {
+        if payload.is_empty() {
+            // A cleared retained message: nothing to learn from it.
+            return;
+        }
+        match wire::decode(&payload) {
+            Ok(Message::Services(shard)) if shard.shard == number => {
+                let revision = shard.revision;
+                let replaced = self.services_tx.send_if_modified(|shards| {
+                    if shards
+                        .get(&number)
+                        .is_some_and(|held| held.shard.revision >= revision)
+                    {
+                        return false;
+                    }
+                    shards.insert(number, ReceivedShard { payload, shard });
+                    true
+                });
+                if replaced {
+                    debug!(shard = number, revision, "received a service shard");
+                }
+            }
+            Ok(Message::Services(shard)) => self.log_once(
+                format!("shard mismatch {number}"),
+                &format!(
+                    "dropped service shard {} received on the topic of shard {number}",
+                    shard.shard
+                ),
+            ),
+            Ok(other) => self.log_once(
+                format!("services kind {}", other.kind()),
+                &format!("dropped a {} message on a services topic", other.kind()),
+            ),
+            Err(e) => self.log_once(
+                format!("services {}", decode_error_key(&e)),
+                &format!("dropped an undecodable service shard: {e}"),
+            ),
         }
     }
 

@@ -72,6 +72,7 @@ pub mod names;
 mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod proxy;
 mod state;
 
 use std::net::Ipv4Addr;

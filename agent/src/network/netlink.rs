@@ -684,7 +684,21 @@ impl PodWiring<'_> {
             .await
             .map_err(nl(format!("create veth {} for the pod", self.veth)))?;
         drop(ns);
+        if let Some(link) = link_by_name(h, self.veth).await? {
+            self.set_hairpin(h, link.header.index).await?;
+        }
         Ok(())
+    }
+
+    /// Hairpin mode on the host end's bridge port, so that a pod reaching
+    /// itself through a Service (DNAT back to its own address) gets its
+    /// packets back on the port they came from (kubelet's `hairpin-veth`).
+    async fn set_hairpin(&self, h: &Handle, index: u32) -> Result<(), NetworkError> {
+        h.link()
+            .set_port(rtnetlink::LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(nl(format!("set hairpin mode on {}", self.veth)))
     }
 
     /// Makes sure an existing host end is on the bridge and up.
@@ -704,6 +718,7 @@ impl PodWiring<'_> {
                 .await
                 .map_err(nl(format!("attach {} to {}", self.veth, self.bridge)))?;
         }
+        self.set_hairpin(h, link.header.index).await?;
         Ok(())
     }
 

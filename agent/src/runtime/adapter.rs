@@ -65,7 +65,7 @@ struct AppliedNet {
 /// `--cluster-cidr`; every pod address lives in some node's pod CIDR, and
 /// each one is inside the cluster range, so this prefix is too. It grows
 /// as nodes join (the desired state lists them).
-fn pod_range(own: Ipv4Net, desired: &NodeDesired) -> Ipv4Net {
+pub(crate) fn pod_range(own: Ipv4Net, desired: &NodeDesired) -> Ipv4Net {
     let own = own.trunc();
     let mut low = u32::from(own.network());
     let mut high = u32::from(own.broadcast());

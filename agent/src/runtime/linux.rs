@@ -1078,17 +1078,15 @@ impl Inner {
             )
         };
         write_atomic(&etc.join("hosts"), hosts.as_bytes()).map_err(ioe("write hosts"))?;
-        let policy = d.pod.spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
-        let resolv = match (&self.cfg.cluster_dns, policy, host_network) {
-            (Some(dns), "ClusterFirst", false) | (Some(dns), "ClusterFirstWithHostNet", _) => {
-                let ns = d.pod.metadata.namespace.as_deref().unwrap_or("default");
-                let dom = &self.cfg.cluster_domain;
-                format!(
-                    "search {ns}.svc.{dom} svc.{dom} {dom}\nnameserver {dns}\noptions ndots:5\n"
-                )
-            }
-            _ => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        };
+        let resolv = super::resolv::resolv_conf(
+            d.pod.spec.dns_policy.as_deref(),
+            host_network,
+            d.pod.spec.dns_config.as_ref(),
+            d.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            self.cfg.cluster_dns.as_deref(),
+            &self.cfg.cluster_domain,
+            &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
         write_atomic(&etc.join("resolv.conf"), resolv.as_bytes())
             .map_err(ioe("write resolv.conf"))?;
         // emptyDirs.

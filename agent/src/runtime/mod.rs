@@ -37,6 +37,7 @@ pub mod netns;
 mod probes;
 pub mod pulls;
 mod security;
+pub mod resolv;
 pub mod shim;
 pub mod spec;
 #[doc(hidden)]

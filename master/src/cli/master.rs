@@ -545,6 +545,10 @@ async fn run(
         store.clone(),
         stopped(),
     ));
+    tokio::spawn(crate::controllers::service_lb::run(
+        store.clone(),
+        stopped(),
+    ));
     let silence = std::time::Duration::from_secs(
         u64::from(config.heartbeat_seconds) * u64::from(config.missed_heartbeats),
     );

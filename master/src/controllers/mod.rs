@@ -13,6 +13,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod runtime;
 pub mod service_ip;
+pub mod service_lb;
 
 use std::collections::BTreeMap;
 use std::future::Future;

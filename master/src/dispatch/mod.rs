@@ -30,6 +30,7 @@ pub mod index;
 pub mod node_events;
 pub mod publish;
 pub mod reports;
+pub mod services;
 pub mod session;
 pub mod status;
 
@@ -51,8 +52,15 @@ use index::{ClusterIndex, Dirty};
 pub use session::MqttEndpoint;
 use status::StatusUpdate;
 
-/// The kinds desired states are built from.
-const WATCHED: [Kind; 4] = [Kind::Node, Kind::Pod, Kind::ConfigMap, Kind::Secret];
+/// The kinds desired states and service shards are built from.
+const WATCHED: [Kind; 6] = [
+    Kind::Node,
+    Kind::Pod,
+    Kind::ConfigMap,
+    Kind::Secret,
+    Kind::Service,
+    Kind::EndpointSlice,
+];
 
 /// How dispatch runs.
 #[derive(Debug, Clone)]
@@ -101,6 +109,12 @@ struct Dispatcher {
     peers_dirty: bool,
     /// Records the events nodes report.
     events: crate::events::EventRecorder,
+    /// The Services and EndpointSlices the service shards are built from.
+    services: services::ServiceIndex,
+    /// Service shards that must be rebuilt.
+    dirty_shards: BTreeSet<u32>,
+    /// Per shard: hash of the content last published and its revision.
+    shards: HashMap<u32, (u64, u64)>,
 }
 
 fn hash_of(value: &impl Hash) -> u64 {
@@ -115,6 +129,8 @@ struct Lists {
     pods: (Vec<serde_json::Value>, u64),
     config_maps: (Vec<serde_json::Value>, u64),
     secrets: (Vec<serde_json::Value>, u64),
+    services: (Vec<serde_json::Value>, u64),
+    endpoint_slices: (Vec<serde_json::Value>, u64),
 }
 
 impl Lists {
@@ -124,6 +140,8 @@ impl Lists {
             pods: store.list(Kind::Pod, None).await?,
             config_maps: store.list(Kind::ConfigMap, None).await?,
             secrets: store.list(Kind::Secret, None).await?,
+            services: store.list(Kind::Service, None).await?,
+            endpoint_slices: store.list(Kind::EndpointSlice, None).await?,
         })
     }
 
@@ -134,6 +152,8 @@ impl Lists {
             Kind::Pod => self.pods.1,
             Kind::ConfigMap => self.config_maps.1,
             Kind::Secret => self.secrets.1,
+            Kind::Service => self.services.1,
+            Kind::EndpointSlice => self.endpoint_slices.1,
             _ => 0,
         }
     }
@@ -171,6 +191,9 @@ impl Dispatcher {
         self.dirty
             .extend(self.index.node_names().map(str::to_string));
         self.peers_dirty = false;
+        self.services =
+            services::ServiceIndex::from_lists(&lists.services.0, &lists.endpoint_slices.0);
+        self.dirty_shards.extend(0..wire::SERVICE_SHARDS);
     }
 
     /// A store event: update the index and note what it dirties.
@@ -180,6 +203,11 @@ impl Dispatcher {
             EventType::Deleted => None,
             EventType::Added | EventType::Modified => Some(event.object.as_ref()),
         };
+        if matches!(event.key.kind, Kind::Service | Kind::EndpointSlice) {
+            let shards = self.services.apply(event.key.kind, &key, object);
+            self.dirty_shards.extend(shards);
+            return;
+        }
         let dirty = self.index.apply(event.key.kind, &key, object);
         if event.key.kind == Kind::Node && object.is_none() && self.nodes.contains_key(&key.1) {
             self.node_removed(&key.1);
@@ -199,6 +227,61 @@ impl Dispatcher {
             self.publisher.publish(topic, Vec::new());
         }
         tracing::info!(node = %name, "node removed: its desired state was cleared");
+    }
+
+    /// Rebuild the dirty service shards and publish those whose content
+    /// changed (all of them, with `republish`).
+    fn rebuild_shards(&mut self, republish: bool) {
+        let shards: Vec<u32> = if republish {
+            self.dirty_shards.clear();
+            (0..wire::SERVICE_SHARDS).collect()
+        } else {
+            std::mem::take(&mut self.dirty_shards).into_iter().collect()
+        };
+        let revision = self.store.current_revision();
+        for shard in shards {
+            let mut built = self.services.build_shard(shard);
+            // The content without its revision decides whether it changed.
+            let content_hash = match wire::encode(&Message::Services(built.clone())) {
+                Ok(bytes) => hash_of(&bytes),
+                Err(_) => 0,
+            };
+            let (old_hash, old_revision) = self.shards.get(&shard).copied().unwrap_or((0, 0));
+            let changed = old_revision == 0 || old_hash != content_hash;
+            if !changed && !republish {
+                continue;
+            }
+            built.revision = if changed {
+                revision.max(old_revision + 1)
+            } else {
+                old_revision
+            };
+            let topic = match wire::services_topic(&self.settings.cluster_name, shard) {
+                Ok(t) => t,
+                Err(error) => {
+                    tracing::error!(shard, %error, "cannot publish the service shard");
+                    continue;
+                }
+            };
+            let services = built.services.len();
+            let shard_revision = built.revision;
+            match wire::encode(&Message::Services(built)) {
+                Ok(payload) => {
+                    self.shards.insert(shard, (content_hash, shard_revision));
+                    tracing::debug!(
+                        shard,
+                        services,
+                        revision = shard_revision,
+                        bytes = payload.len(),
+                        "service shard published"
+                    );
+                    self.publisher.publish(topic, payload);
+                }
+                Err(error) => {
+                    tracing::error!(shard, services, %error, "the service shard does not fit in one MQTT message; it was NOT sent (fewer endpoints per Service or fewer Services)");
+                }
+            }
+        }
     }
 
     /// Rebuild the dirty nodes' desired states (every node's when the
@@ -282,6 +365,7 @@ impl Dispatcher {
     }
 
     fn republish_all(&mut self) {
+        self.rebuild_shards(true);
         let revision = self.store.current_revision();
         let names: Vec<String> = self.index.node_names().map(str::to_string).collect();
         for name in names {
@@ -437,6 +521,9 @@ pub async fn run(
         dirty: BTreeSet::new(),
         peers_dirty: false,
         events: options.events.clone(),
+        services: services::ServiceIndex::default(),
+        dirty_shards: BTreeSet::new(),
+        shards: HashMap::new(),
     };
     tokio::pin!(shutdown);
     let mut first = true;
@@ -470,12 +557,13 @@ pub async fn run(
         }
         dispatcher.resync(&lists);
         dispatcher.rebuild_dirty(false);
+        dispatcher.rebuild_shards(false);
         let debounce = tokio::time::sleep(options.debounce);
         tokio::pin!(debounce);
         let peer_timer = tokio::time::sleep(options.peer_interval);
         tokio::pin!(peer_timer);
         loop {
-            let was_dirty = !dispatcher.dirty.is_empty();
+            let was_dirty = !dispatcher.dirty.is_empty() || !dispatcher.dirty_shards.is_empty();
             let had_peers = dispatcher.peers_dirty;
             tokio::select! {
                 event = watch.next() => match event {
@@ -492,14 +580,17 @@ pub async fn run(
                     None => return,
                 },
                 Some(problem) = problems.recv() => dispatcher.warn_once(&problem.node, problem.reason),
-                () = &mut debounce, if was_dirty => dispatcher.rebuild_dirty(false),
+                () = &mut debounce, if was_dirty => {
+                    dispatcher.rebuild_dirty(false);
+                    dispatcher.rebuild_shards(false);
+                }
                 () = &mut peer_timer, if had_peers => {
                     last_peer_pass = Instant::now();
                     dispatcher.rebuild_dirty(true);
                 }
                 () = &mut shutdown => return,
             }
-            if !was_dirty && !dispatcher.dirty.is_empty() {
+            if !was_dirty && (!dispatcher.dirty.is_empty() || !dispatcher.dirty_shards.is_empty()) {
                 debounce.as_mut().reset(Instant::now() + options.debounce);
             }
             if !had_peers && dispatcher.peers_dirty {
