@@ -6,6 +6,7 @@
 //! API meets the rest of the master only through the [`crate::store`].
 
 pub mod auth;
+pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod handlers;

@@ -5,8 +5,11 @@
 
 pub mod builtin_services;
 pub mod cache;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
+pub mod garbage_collector;
+pub mod namespace;
 pub mod node_lifecycle;
 pub mod pod_termination;
 pub mod pods;
@@ -123,7 +126,14 @@ pub async fn run<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let kinds = [Kind::Pod, Kind::ReplicaSet, Kind::Deployment];
+    let kinds = [
+        Kind::Pod,
+        Kind::ReplicaSet,
+        Kind::Deployment,
+        Kind::Namespace,
+        Kind::DaemonSet,
+        Kind::Node,
+    ];
     let (cache, feeder) = cache::Cache::new(&kinds);
     let loop_options = options.loop_options.clone();
     let termination = runtime::Controller::new(
@@ -149,15 +159,43 @@ pub async fn run<F, Fut>(
         )),
         loop_options.clone(),
     );
+    let daemonsets = runtime::Controller::new(
+        Arc::new(daemonset::DaemonSetController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let collector = runtime::Controller::new(
+        Arc::new(garbage_collector::GarbageCollector::new(
+            store.clone(),
+            cache.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let namespaces = runtime::Controller::new(
+        Arc::new(namespace::NamespaceController::new(
+            store.clone(),
+            cache.clone(),
+        )),
+        loop_options.clone(),
+    );
     let subscribers = vec![
         termination.subscriber(),
         replicasets.subscriber(),
         deployments.subscriber(),
+        daemonsets.subscriber(),
+        collector.subscriber(),
+        namespaces.subscriber(),
     ];
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(termination.run(cache.clone(), shutdown()));
     tasks.spawn(replicasets.run(cache.clone(), shutdown()));
     tasks.spawn(deployments.run(cache.clone(), shutdown()));
+    tasks.spawn(daemonsets.run(cache.clone(), shutdown()));
+    tasks.spawn(collector.run(cache.clone(), shutdown()));
+    tasks.spawn(namespaces.run(cache.clone(), shutdown()));
     tasks.spawn(feeder.run(store, subscribers, shutdown()));
     while tasks.join_next().await.is_some() {}
 }
