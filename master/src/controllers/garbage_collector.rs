@@ -24,7 +24,8 @@
 //! never makes the collector delete a live owner's dependents).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bramble_common::meta::OwnerReference;
@@ -32,10 +33,10 @@ use bramble_common::Kind;
 use serde_json::Value;
 
 use super::cache::{Cache, Cached, Change, PodInfo};
-use super::runtime::{Action, Reconciler};
+use super::runtime::{Action, Reconciler, WorkQueue};
 use super::{pods, ControllerError};
 use crate::api::deletion::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
-use crate::store::{ObjectKey, Precondition, Store, StoreError};
+use crate::store::{EventType, ObjectKey, Precondition, Store, StoreError};
 
 /// The controller's name.
 pub const NAME: &str = "garbage-collector-controller";
@@ -188,6 +189,12 @@ impl Reconciler for GarbageCollector {
             }
         }
         let mut action = Action::AwaitChange;
+        if !self.cache.holds(key.kind) {
+            // A kind the cache does not hold ([`follow_uncached`] queued it):
+            // read from the store.
+            self.attempt_to_delete(key).await?;
+            return Ok(action);
+        }
         match self.cache.cached(key) {
             None => {}
             Some(Cached::Pod(pod)) => {
@@ -449,6 +456,84 @@ impl GarbageCollector {
         {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
             Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// The kinds the collector follows outside the shared cache (Events own
+/// nothing and are not owned).
+pub fn uncached_kinds(cache: &Cache) -> Vec<Kind> {
+    Kind::all()
+        .iter()
+        .copied()
+        .filter(|k| !cache.holds(*k) && *k != Kind::Event)
+        .collect()
+}
+
+/// Follows the objects of `kinds` (those the shared cache does not hold:
+/// ConfigMaps, Secrets, Services, ...) and queues into the collector's
+/// `queue` each that names an owner, at start (what vanished while the
+/// master was down) and on every change; a deleted one's dependents are
+/// looked at as for a cached owner. Runs until `shutdown`; only metadata is
+/// looked at, nothing is kept.
+pub async fn follow_uncached(
+    collector: Arc<GarbageCollector>,
+    queue: Arc<WorkQueue>,
+    kinds: Vec<Kind>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let store = collector.store.clone();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let revision = store.current_revision();
+        let mut watch = match store.watch_kinds(&kinds, revision) {
+            Ok(watch) => watch,
+            Err(StoreError::Closed) => return,
+            Err(error) => {
+                tracing::warn!(%error, "the garbage collector cannot watch the store; retrying");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        for kind in &kinds {
+            match store.list(*kind, None).await {
+                Ok((objects, _)) => {
+                    for object in objects.iter().filter(|o| !references_of(o).is_empty()) {
+                        queue.add(ObjectKey::new(
+                            *kind,
+                            object["metadata"]["namespace"].as_str().unwrap_or(""),
+                            object["metadata"]["name"].as_str().unwrap_or(""),
+                        ));
+                    }
+                }
+                Err(StoreError::Closed) => return,
+                Err(error) => tracing::warn!(%error, %kind, "the garbage collector cannot list"),
+            }
+        }
+        delay = Duration::from_millis(200);
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                event = watch.next() => event,
+            };
+            let Some(event) = event else { break };
+            if event.event_type == EventType::Deleted {
+                // An owner of this kind went: its dependents are looked at.
+                let uid = uid_of(&event.object).to_string();
+                if !uid.is_empty() {
+                    collector.put_tombstones(&event.key, vec![uid]);
+                    queue.add(event.key);
+                }
+            } else if !references_of(&event.object).is_empty() {
+                queue.add(event.key);
+            }
         }
     }
 }

@@ -167,13 +167,11 @@ pub async fn run<F, Fut>(
         )),
         loop_options.clone(),
     );
-    let collector = runtime::Controller::new(
-        Arc::new(garbage_collector::GarbageCollector::new(
-            store.clone(),
-            cache.clone(),
-        )),
-        loop_options.clone(),
-    );
+    let gc = Arc::new(garbage_collector::GarbageCollector::new(
+        store.clone(),
+        cache.clone(),
+    ));
+    let collector = runtime::Controller::new(gc.clone(), loop_options.clone());
     let namespaces = runtime::Controller::new(
         Arc::new(namespace::NamespaceController::new(
             store.clone(),
@@ -194,6 +192,12 @@ pub async fn run<F, Fut>(
     tasks.spawn(replicasets.run(cache.clone(), shutdown()));
     tasks.spawn(deployments.run(cache.clone(), shutdown()));
     tasks.spawn(daemonsets.run(cache.clone(), shutdown()));
+    tasks.spawn(garbage_collector::follow_uncached(
+        gc,
+        collector.queue(),
+        garbage_collector::uncached_kinds(&cache),
+        shutdown(),
+    ));
     tasks.spawn(collector.run(cache.clone(), shutdown()));
     tasks.spawn(namespaces.run(cache.clone(), shutdown()));
     tasks.spawn(feeder.run(store, subscribers, shutdown()));
