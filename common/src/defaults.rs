@@ -55,7 +55,10 @@ pub fn apply_defaults(object: &mut AnyObject) {
             let status = ns.status.get_or_insert_with(Default::default);
             status.phase.get_or_insert_with(|| "Active".into());
         }
-        AnyObject::Node(_) | AnyObject::ConfigMap(_) | AnyObject::Event(_) => {}
+        AnyObject::Node(_)
+        | AnyObject::ConfigMap(_)
+        | AnyObject::Event(_)
+        | AnyObject::ControllerRevision(_) => {}
         AnyObject::EndpointSlice(slice) => {
             for port in &mut slice.ports {
                 port.protocol.get_or_insert_with(|| "TCP".into());

@@ -34,6 +34,8 @@ pub enum Kind {
     EndpointSlice,
     /// `v1/Endpoints`
     Endpoints,
+    /// `apps/v1/ControllerRevision`
+    ControllerRevision,
 }
 
 /// Static facts about a [`Kind`].
@@ -58,7 +60,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
 }
 
-const ALL: [Kind; 12] = [
+const ALL: [Kind; 13] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Pod,
@@ -71,6 +73,7 @@ const ALL: [Kind; 12] = [
     Kind::DaemonSet,
     Kind::EndpointSlice,
     Kind::Endpoints,
+    Kind::ControllerRevision,
 ];
 
 impl Kind {
@@ -137,6 +140,14 @@ impl Kind {
                 []
             ),
             Kind::Endpoints => info!("Endpoints", "", "endpoints", "endpoints", true, ["ep"]),
+            Kind::ControllerRevision => info!(
+                "ControllerRevision",
+                "apps",
+                "controllerrevisions",
+                "controllerrevision",
+                true,
+                []
+            ),
         }
     }
 
@@ -220,6 +231,7 @@ pub enum AnyObject {
     DaemonSet(DaemonSet),
     EndpointSlice(EndpointSlice),
     Endpoints(Endpoints),
+    ControllerRevision(ControllerRevision),
 }
 
 macro_rules! each_variant {
@@ -237,6 +249,7 @@ macro_rules! each_variant {
             AnyObject::DaemonSet($obj) => $body,
             AnyObject::EndpointSlice($obj) => $body,
             AnyObject::Endpoints($obj) => $body,
+            AnyObject::ControllerRevision($obj) => $body,
         }
     };
 }
@@ -265,6 +278,7 @@ impl AnyObject {
             Kind::DaemonSet => AnyObject::DaemonSet(de(value)?),
             Kind::EndpointSlice => AnyObject::EndpointSlice(de(value)?),
             Kind::Endpoints => AnyObject::Endpoints(de(value)?),
+            Kind::ControllerRevision => AnyObject::ControllerRevision(de(value)?),
         })
     }
 
@@ -288,6 +302,7 @@ impl AnyObject {
             AnyObject::DaemonSet(_) => Kind::DaemonSet,
             AnyObject::EndpointSlice(_) => Kind::EndpointSlice,
             AnyObject::Endpoints(_) => Kind::Endpoints,
+            AnyObject::ControllerRevision(_) => Kind::ControllerRevision,
         }
     }
 

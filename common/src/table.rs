@@ -144,6 +144,12 @@ pub fn columns(kind: Kind) -> Vec<Column> {
         ],
         Kind::Endpoints => discovery::endpoints_columns(name, age),
         Kind::EndpointSlice => discovery::endpoint_slice_columns(name, age),
+        Kind::ControllerRevision => vec![
+            name,
+            col("Controller", 0, "The controller this revision belongs to."),
+            col("Revision", 0, "The revision number."),
+            age,
+        ],
     }
 }
 
@@ -570,6 +576,26 @@ fn cells(kind: Kind, o: &Value, now: i64) -> Vec<Value> {
         Kind::EndpointSlice => {
             let [address_type, ports, endpoints] = discovery::endpoint_slice_cells(o);
             vec![name, address_type, ports, endpoints, age]
+        }
+        Kind::ControllerRevision => {
+            // kube-apiserver's printer: `{kind}.{group}/{name}` of the
+            // controller owner.
+            let controller = o["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let api_version = s(&r["apiVersion"]);
+                    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+                    let kind = s(&r["kind"]).to_ascii_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", s(&r["name"]))
+                })
+                .unwrap_or_else(|| "<none>".to_string());
+            vec![name, json!(controller), json!(int(&o["revision"])), age]
         }
     }
 }

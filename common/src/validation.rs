@@ -1855,6 +1855,15 @@ pub fn validate(obj: &AnyObject) -> Vec<FieldError> {
         AnyObject::DaemonSet(ds) => validate_daemon_set(&ds.spec, &mut errs),
         AnyObject::EndpointSlice(slice) => services::validate_endpoint_slice(slice, &mut errs),
         AnyObject::Endpoints(endpoints) => services::validate_endpoints(endpoints, &mut errs),
+        AnyObject::ControllerRevision(revision) => {
+            if revision.revision < 0 {
+                errs.invalid(
+                    "revision".into(),
+                    revision.revision,
+                    "must be greater than or equal to 0",
+                );
+            }
+        }
     }
     errs.0
 }
@@ -1941,6 +1950,11 @@ pub fn validate_update(old: &AnyObject, new: &AnyObject) -> Vec<FieldError> {
             if old.address_type != new.address_type =>
         {
             errs.invalid("addressType".into(), &new.address_type, IMMUTABLE);
+        }
+        (AnyObject::ControllerRevision(old), AnyObject::ControllerRevision(new))
+            if old.data != new.data =>
+        {
+            errs.invalid("data".into(), "", IMMUTABLE);
         }
         (AnyObject::Node(old), AnyObject::Node(new)) => {
             let old_cidr = old.spec.pod_cidr.as_deref().unwrap_or("");

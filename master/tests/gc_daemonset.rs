@@ -491,6 +491,50 @@ fn a_daemonset_runs_one_pod_per_eligible_node_follows_nodes_and_rolls_out() {
     assert!(describe.contains("SuccessfulCreate"), "{describe}");
     assert!(describe.contains("SuccessfulDelete"), "{describe}");
 
+    // History: one ControllerRevision per template, as kubectl reads it.
+    let revisions = |master: &Master| -> Vec<String> {
+        ok(master.kubectl(&["rollout", "history", "daemonset/probe"]))
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(revisions(&master), ["1", "2"]);
+    let listed = ok(master.kubectl(&["get", "controllerrevisions"]));
+    assert!(listed.contains("daemonset.apps/probe"), "{listed}");
+    // Undo: back to the first template, which becomes revision 3.
+    ok(master.kubectl(&["rollout", "undo", "daemonset/probe"]));
+    let status = ok(master.kubectl(&["rollout", "status", "daemonset/probe", "--timeout=90s"]));
+    assert!(status.contains("successfully rolled out"), "{status}");
+    wait_until("the pods back on the first template", SETTLE, || {
+        let pods = items(&get_json(&master, &["pods", "-l", "app=probe"])?);
+        let images: Vec<String> = pods
+            .iter()
+            .filter(|p| {
+                p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running"
+            })
+            .map(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        if pods.len() == 3 && images.len() == 3 && images.iter().all(|i| i == "busybox:1.36") {
+            Ok(())
+        } else {
+            Err(format!("{images:?} of {} pods", pods.len()))
+        }
+    });
+    assert_eq!(revisions(&master), ["2", "3"]);
+    ok(master.kubectl(&["rollout", "undo", "daemonset/probe", "--to-revision=2"]));
+    let status = ok(master.kubectl(&["rollout", "status", "daemonset/probe", "--timeout=90s"]));
+    assert!(status.contains("successfully rolled out"), "{status}");
+    wait_running(&master, "default", "app=probe", 3)
+        .iter()
+        .for_each(|p| assert_eq!(p["spec"]["containers"][0]["image"], "busybox:1.37"));
+
     // OnDelete: a template change waits until the user deletes a pod.
     ok(master.kubectl(&[
         "patch",

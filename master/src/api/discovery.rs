@@ -136,7 +136,12 @@ fn in_category_all(kind: Kind) -> bool {
 pub fn has_status_subresource(kind: Kind) -> bool {
     !matches!(
         kind,
-        Kind::ConfigMap | Kind::Secret | Kind::Event | Kind::EndpointSlice | Kind::Endpoints
+        Kind::ConfigMap
+            | Kind::Secret
+            | Kind::Event
+            | Kind::EndpointSlice
+            | Kind::Endpoints
+            | Kind::ControllerRevision
     )
 }
 

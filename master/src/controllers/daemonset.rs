@@ -29,6 +29,10 @@
 //!   (what `kubectl rollout status daemonset/x` reads); events
 //!   `SuccessfulCreate`, `SuccessfulDelete`, `FailedCreate`,
 //!   `FailedDaemonPod`.
+//! - History: a `ControllerRevision` per template (`{ds}-{hash}`, the
+//!   patch that restores it, `revision` 1, 2, ...; a rollback renumbers the
+//!   old one as the newest), at most `revisionHistoryLimit` old ones kept:
+//!   what `kubectl rollout history|undo daemonset/x` read and apply.
 //! - [`Expectations`] keep a slow cache from making it create twice.
 
 use std::collections::{BTreeMap, HashMap};
@@ -184,6 +188,21 @@ impl Reconciler for DaemonSetController {
                 }
                 vec![change.key.clone()]
             }
+            Kind::ControllerRevision => change
+                .latest()
+                .and_then(|c| c.object())
+                .and_then(|r| {
+                    r["metadata"]["ownerReferences"]
+                        .as_array()?
+                        .iter()
+                        .find(|o| o["controller"] == true && o["kind"] == "DaemonSet")
+                        .and_then(|o| o["name"].as_str())
+                        .map(|name| {
+                            ObjectKey::new(Kind::DaemonSet, change.key.namespace.clone(), name)
+                        })
+                })
+                .into_iter()
+                .collect(),
             Kind::Node => {
                 let old =
                     node_fingerprint(change.old.as_ref().and_then(|c| c.object()).map(|v| &**v));
@@ -251,6 +270,7 @@ impl Reconciler for DaemonSetController {
             .iter()
             .filter_map(|n| serde_json::from_value((**n).clone()).ok())
             .collect();
+        self.sync_history(&raw, &ds, &uid, &hash).await?;
         let owned = self.claim(&raw, &ds, &uid).await?;
         let mut by_node: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
         let mut unbound = Vec::new();
@@ -295,7 +315,138 @@ impl Reconciler for DaemonSetController {
     }
 }
 
+/// The `revision` of a ControllerRevision.
+fn revision_number(revision: &Value) -> i64 {
+    revision["revision"].as_i64().unwrap_or(0)
+}
+
+/// The ControllerRevision of `ds`'s current template (Kubernetes'
+/// `controller.history`): named `{ds}-{hash}`, labelled with the template's
+/// labels and the hash, owned by the DaemonSet, holding the patch that puts
+/// the template back (what `kubectl rollout undo` applies).
+pub fn new_revision(ds: &Value, hash: &str, revision: i64) -> Value {
+    let mut template = ds["spec"]["template"].clone();
+    if let Some(map) = template.as_object_mut() {
+        map.insert("$patch".into(), json!("replace"));
+    }
+    let mut labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(REVISION_HASH_LABEL.into(), json!(hash));
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": {
+            "name": format!("{}-{hash}", ds["metadata"]["name"].as_str().unwrap_or("")),
+            "namespace": ds["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": ds["metadata"]["annotations"]
+                .get("kubernetes.io/change-cause")
+                .map(|cause| json!({"kubernetes.io/change-cause": cause}))
+                .unwrap_or_else(|| json!({})),
+            "ownerReferences": [super::controller_ref(ds)],
+        },
+        "data": {"spec": {"template": template}},
+        "revision": revision,
+    })
+}
+
 impl DaemonSetController {
+    /// Keeps the history: a ControllerRevision for the current template
+    /// (created, or renumbered as the newest when a rollback went back to
+    /// it), and at most `revisionHistoryLimit` (default 10) old ones that
+    /// no pod uses.
+    async fn sync_history(
+        &self,
+        raw: &Value,
+        ds: &DaemonSet,
+        uid: &str,
+        hash: &str,
+    ) -> Result<(), ControllerError> {
+        let namespace = ds.metadata.namespace.clone().unwrap_or_default();
+        let mut revisions = self.cache.controlled_by(Kind::ControllerRevision, uid);
+        revisions.sort_by_key(|r| revision_number(r));
+        let newest = revisions.last().map_or(0, |r| revision_number(r));
+        let current = revisions
+            .iter()
+            .find(|r| r["metadata"]["labels"][REVISION_HASH_LABEL] == hash)
+            .cloned();
+        match current {
+            None => {
+                let revision = new_revision(raw, hash, newest + 1);
+                let key = ObjectKey::new(
+                    Kind::ControllerRevision,
+                    namespace.clone(),
+                    revision["metadata"]["name"].as_str().unwrap_or(""),
+                );
+                match self.store.create(&key, revision).await {
+                    Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Some(revision) if revision_number(&revision) < newest => {
+                // Rolled back to an old template: it becomes the newest.
+                let mut renumbered = (*revision).clone();
+                renumbered["revision"] = json!(newest + 1);
+                let key = ObjectKey::new(
+                    Kind::ControllerRevision,
+                    namespace.clone(),
+                    revision["metadata"]["name"].as_str().unwrap_or(""),
+                );
+                let rv = revision["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|rv| rv.parse().ok())
+                    .unwrap_or(0);
+                match self
+                    .store
+                    .update(&key, renumbered, Precondition::resource_version(rv))
+                    .await
+                {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Some(_) => {}
+        }
+        // Prune: old revisions no live pod uses, beyond the limit.
+        let limit =
+            usize::try_from(ds.spec.revision_history_limit.unwrap_or(10).max(0)).unwrap_or(10);
+        let in_use: std::collections::HashSet<String> = self
+            .cache
+            .pods_controlled_by(uid)
+            .iter()
+            .filter_map(|p| p.labels.get(REVISION_HASH_LABEL).cloned())
+            .collect();
+        let old: Vec<&Arc<Value>> = revisions
+            .iter()
+            .filter(|r| {
+                let h = r["metadata"]["labels"][REVISION_HASH_LABEL]
+                    .as_str()
+                    .unwrap_or("");
+                h != hash && !in_use.contains(h)
+            })
+            .collect();
+        if old.len() > limit {
+            for revision in &old[..old.len() - limit] {
+                let key = ObjectKey::new(
+                    Kind::ControllerRevision,
+                    namespace.clone(),
+                    revision["metadata"]["name"].as_str().unwrap_or(""),
+                );
+                let uid = revision["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                match self.store.delete(&key, Precondition::uid(uid)).await {
+                    Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Adopts matching orphans, releases owned pods that stopped matching;
     /// returns the owned pods.
     async fn claim(

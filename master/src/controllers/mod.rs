@@ -133,6 +133,7 @@ pub async fn run<F, Fut>(
         Kind::Namespace,
         Kind::DaemonSet,
         Kind::Node,
+        Kind::ControllerRevision,
     ];
     let (cache, feeder) = cache::Cache::new(&kinds);
     let loop_options = options.loop_options.clone();

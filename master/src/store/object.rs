@@ -43,7 +43,12 @@ const KEPT_ON_UPDATE: [&str; 4] = [
 pub(crate) fn kind_has_status(kind: Kind) -> bool {
     !matches!(
         kind,
-        Kind::ConfigMap | Kind::Secret | Kind::Event | Kind::EndpointSlice | Kind::Endpoints
+        Kind::ConfigMap
+            | Kind::Secret
+            | Kind::Event
+            | Kind::EndpointSlice
+            | Kind::Endpoints
+            | Kind::ControllerRevision
     )
 }
 
