@@ -11,11 +11,13 @@ pub mod endpointslice;
 pub mod garbage_collector;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod node_taints;
 pub mod pod_termination;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
 pub mod service_ip;
+pub mod taint_eviction;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -168,6 +170,18 @@ pub async fn run<F, Fut>(
         )),
         loop_options.clone(),
     );
+    let taints = runtime::Controller::new(
+        Arc::new(node_taints::NodeTaints::new(store.clone(), cache.clone())),
+        loop_options.clone(),
+    );
+    let evictions = runtime::Controller::new(
+        Arc::new(taint_eviction::TaintEviction::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
     let gc = Arc::new(garbage_collector::GarbageCollector::new(
         store.clone(),
         cache.clone(),
@@ -185,6 +199,8 @@ pub async fn run<F, Fut>(
         replicasets.subscriber(),
         deployments.subscriber(),
         daemonsets.subscriber(),
+        taints.subscriber(),
+        evictions.subscriber(),
         collector.subscriber(),
         namespaces.subscriber(),
     ];
@@ -193,6 +209,8 @@ pub async fn run<F, Fut>(
     tasks.spawn(replicasets.run(cache.clone(), shutdown()));
     tasks.spawn(deployments.run(cache.clone(), shutdown()));
     tasks.spawn(daemonsets.run(cache.clone(), shutdown()));
+    tasks.spawn(taints.run(cache.clone(), shutdown()));
+    tasks.spawn(evictions.run(cache.clone(), shutdown()));
     tasks.spawn(garbage_collector::follow_uncached(
         gc,
         collector.queue(),
