@@ -280,6 +280,29 @@ fn pods_of_an_unreachable_node_are_evicted_after_their_toleration_unless_the_nod
             Err(format!("{all:?}"))
         }
     });
+    // kubectl drain: cordons ev-b and evicts its pods through the eviction
+    // subresource; they come back on ev-a.
+    let drained = ok(master.kubectl(&["drain", "ev-b", "--ignore-daemonsets", "--timeout=60s"]));
+    assert!(
+        drained.contains("evicting pod default/movable-"),
+        "{drained}"
+    );
+    assert!(drained.contains("evicted"), "{drained}");
+    let node = get_json(&master, &["node", "ev-b"]).expect("node");
+    assert_eq!(node["spec"]["unschedulable"], true);
+    wait_until("the drained pods running on ev-a", SETTLE, || {
+        match (
+            running_on(&master, "movable", "ev-a")?,
+            pods(&master, "movable")?.len(),
+        ) {
+            (2, 2) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    ok(master.kubectl(&["uncordon", "ev-b"]));
+    let node = get_json(&master, &["node", "ev-b"]).expect("node");
+    assert!(node["spec"]["unschedulable"].is_null() || node["spec"]["unschedulable"] == false);
+
     // ev-c comes back with its pods never disturbed.
     c.restart();
     wait_ready(&master, "ev-c", "True");

@@ -103,6 +103,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         }
         if *kind == Kind::Pod {
             resources.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+            resources.push(json!({
                 "name": "pods/log",
                 "singularName": "",
                 "namespaced": true,

@@ -46,6 +46,13 @@ pub async fn resource(
             super::logs::serve(state, namespace, name, &query).await
         }
         (_, _, Some(Subresource::Log)) => Err(ApiError::method_not_allowed(method.as_str(), &path)),
+        (&Method::POST, Some(name), Some(Subresource::Eviction)) => {
+            let namespace = target.namespace.as_deref().unwrap_or("default");
+            super::eviction::create(state, namespace, name, &headers, &body).await
+        }
+        (_, _, Some(Subresource::Eviction)) => {
+            Err(ApiError::method_not_allowed(method.as_str(), &path))
+        }
         (method, Some(name), Some(Subresource::Scale)) => {
             let key = object_key(&target, name);
             match *method {
@@ -442,9 +449,9 @@ async fn write_update(
             let status = value.get("status").cloned().unwrap_or(Value::Null);
             state.store.update_status(key, status, precondition).await
         }
-        // `log` is read-only and `scale` has its own handlers: `resource`
+        // `log` is read-only, `scale` and `eviction` have their own handlers: `resource`
         // answers them before here.
-        None | Some(Subresource::Log | Subresource::Scale) => {
+        None | Some(Subresource::Log | Subresource::Scale | Subresource::Eviction) => {
             state.store.update(key, value, precondition).await
         }
     }

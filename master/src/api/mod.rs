@@ -9,6 +9,7 @@ pub mod auth;
 pub mod deletion;
 pub mod discovery;
 pub mod error;
+pub mod eviction;
 pub mod handlers;
 pub mod logs;
 pub mod nodes;

@@ -57,6 +57,8 @@ pub enum Subresource {
     Log,
     /// `/scale` (Deployments and ReplicaSets: autoscaling/v1 `Scale`)
     Scale,
+    /// `/eviction` (pods only: policy/v1 `Eviction`)
+    Eviction,
 }
 
 /// Why a path is not served.
@@ -101,6 +103,7 @@ fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute
     let subresource = |plural: &&str, s: &str| match s {
         "status" => Ok(Subresource::Status),
         "log" if plural == &"pods" => Ok(Subresource::Log),
+        "eviction" if plural == &"pods" => Ok(Subresource::Eviction),
         "scale" if matches!(*plural, "deployments" | "replicasets") => Ok(Subresource::Scale),
         _ => Err(NoRoute),
     };
