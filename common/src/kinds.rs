@@ -36,6 +36,8 @@ pub enum Kind {
     Endpoints,
     /// `apps/v1/ControllerRevision`
     ControllerRevision,
+    /// `batch/v1/Job`
+    Job,
 }
 
 /// Static facts about a [`Kind`].
@@ -60,7 +62,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
 }
 
-const ALL: [Kind; 13] = [
+const ALL: [Kind; 14] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Pod,
@@ -74,6 +76,7 @@ const ALL: [Kind; 13] = [
     Kind::EndpointSlice,
     Kind::Endpoints,
     Kind::ControllerRevision,
+    Kind::Job,
 ];
 
 impl Kind {
@@ -148,6 +151,7 @@ impl Kind {
                 true,
                 []
             ),
+            Kind::Job => info!("Job", "batch", "jobs", "job", true, []),
         }
     }
 
@@ -232,6 +236,7 @@ pub enum AnyObject {
     EndpointSlice(EndpointSlice),
     Endpoints(Endpoints),
     ControllerRevision(ControllerRevision),
+    Job(Job),
 }
 
 macro_rules! each_variant {
@@ -250,6 +255,7 @@ macro_rules! each_variant {
             AnyObject::EndpointSlice($obj) => $body,
             AnyObject::Endpoints($obj) => $body,
             AnyObject::ControllerRevision($obj) => $body,
+            AnyObject::Job($obj) => $body,
         }
     };
 }
@@ -279,6 +285,7 @@ impl AnyObject {
             Kind::EndpointSlice => AnyObject::EndpointSlice(de(value)?),
             Kind::Endpoints => AnyObject::Endpoints(de(value)?),
             Kind::ControllerRevision => AnyObject::ControllerRevision(de(value)?),
+            Kind::Job => AnyObject::Job(de(value)?),
         })
     }
 
@@ -303,6 +310,7 @@ impl AnyObject {
             AnyObject::EndpointSlice(_) => Kind::EndpointSlice,
             AnyObject::Endpoints(_) => Kind::Endpoints,
             AnyObject::ControllerRevision(_) => Kind::ControllerRevision,
+            AnyObject::Job(_) => Kind::Job,
         }
     }
 

@@ -6,7 +6,12 @@ use bramble_common::Kind;
 use serde_json::{json, Value};
 
 /// The groups bramble serves: `("", "v1")` is the core group.
-const GROUPS: [(&str, &str); 3] = [("", "v1"), ("apps", "v1"), ("discovery.k8s.io", "v1")];
+const GROUPS: [(&str, &str); 4] = [
+    ("", "v1"),
+    ("apps", "v1"),
+    ("batch", "v1"),
+    ("discovery.k8s.io", "v1"),
+];
 
 /// `/version`.
 pub fn version() -> Value {

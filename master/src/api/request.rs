@@ -92,6 +92,7 @@ pub fn parse_path(path: &str) -> Result<Route, NoRoute> {
         ["bramble", "v1", rest @ ..] => Ok(Route::Bramble(rest.join("/"))),
         ["api", "v1", rest @ ..] => resource_target("", rest).map(Route::Resource),
         ["apis", "apps", "v1", rest @ ..] => resource_target("apps", rest).map(Route::Resource),
+        ["apis", "batch", "v1", rest @ ..] => resource_target("batch", rest).map(Route::Resource),
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => {
             resource_target("discovery.k8s.io", rest).map(Route::Resource)
         }

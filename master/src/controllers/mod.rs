@@ -9,6 +9,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod node_taints;
@@ -136,6 +137,7 @@ pub async fn run<F, Fut>(
         Kind::DaemonSet,
         Kind::Node,
         Kind::ControllerRevision,
+        Kind::Job,
     ];
     let (cache, feeder) = cache::Cache::new(&kinds);
     let loop_options = options.loop_options.clone();
@@ -164,6 +166,14 @@ pub async fn run<F, Fut>(
     );
     let daemonsets = runtime::Controller::new(
         Arc::new(daemonset::DaemonSetController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let jobs = runtime::Controller::new(
+        Arc::new(job::JobController::new(
             store.clone(),
             cache.clone(),
             events.clone(),
@@ -199,6 +209,7 @@ pub async fn run<F, Fut>(
         replicasets.subscriber(),
         deployments.subscriber(),
         daemonsets.subscriber(),
+        jobs.subscriber(),
         taints.subscriber(),
         evictions.subscriber(),
         collector.subscriber(),
@@ -209,6 +220,7 @@ pub async fn run<F, Fut>(
     tasks.spawn(replicasets.run(cache.clone(), shutdown()));
     tasks.spawn(deployments.run(cache.clone(), shutdown()));
     tasks.spawn(daemonsets.run(cache.clone(), shutdown()));
+    tasks.spawn(jobs.run(cache.clone(), shutdown()));
     tasks.spawn(taints.run(cache.clone(), shutdown()));
     tasks.spawn(evictions.run(cache.clone(), shutdown()));
     tasks.spawn(garbage_collector::follow_uncached(
