@@ -141,7 +141,7 @@ mod tests {
             Propagation::parse(Some("Foreground")).ok(),
             Some(Propagation::Foreground)
         );
-        let error = Propagation::parse(Some("orphan")).err().expect("refused");
+        let error = Propagation::parse(Some("orphan")).expect_err("refused");
         assert!(error.0.message.contains("Unsupported value"), "{error:?}");
         assert!(protect_namespace("default").is_err());
         assert!(protect_namespace("shop").is_ok());

@@ -197,14 +197,14 @@ impl Reconciler for GarbageCollector {
         }
         match self.cache.cached(key) {
             None => {}
-            Some(Cached::Pod(pod)) => {
+            Some(Cached::Pod(pod))
                 if !pod.owners.is_empty()
                     && pod.deleting.is_none()
-                    && !self.owners_solid(&pod.owners, &pod.namespace)
-                {
-                    self.attempt_to_delete(key).await?;
-                }
+                    && !self.owners_solid(&pod.owners, &pod.namespace) =>
+            {
+                self.attempt_to_delete(key).await?;
             }
+            Some(Cached::Pod(_)) => {}
             Some(Cached::Object(object)) => {
                 if is_deleting(&object) {
                     let finalizers = finalizers_of(&object);

@@ -286,7 +286,7 @@ impl Reconciler for JobController {
         let mut next = Action::AwaitChange;
         // Suspension.
         if suspended {
-            if condition_true(&status, "Suspended") == false {
+            if !condition_true(&status, "Suspended") {
                 self.events.normal(NAME, &raw, "Suspended", "Job suspended");
             }
             new_conditions = with_condition(
