@@ -3,7 +3,9 @@
 //! `spec.finalizers`) is emptied, then the finalizer is removed and the
 //! store removes the namespace.
 //!
-//! Each pass deletes every object of every namespaced kind in it, owners
+//! Deletion starts 5 s after the namespace was deleted, as
+//! kube-controller-manager's `namespaceDeletionGracePeriod`. Each pass
+//! deletes every object of every namespaced kind in it, owners
 //! first (so a ReplicaSet does not recreate the pods just deleted), pods
 //! gracefully as the API does; what is still there (pods their node is
 //! stopping, objects with finalizers) is looked at again shortly, and the
@@ -28,6 +30,11 @@ pub const NAME: &str = "namespace-controller";
 
 /// How soon a namespace with content left is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long after its deletion a namespace's content starts to be deleted
+/// (kube-controller-manager's `namespaceDeletionGracePeriod`): the rest of
+/// a `kubectl delete -f` that named the namespace first still finds its
+/// objects.
+const DELETION_GRACE: i64 = 5;
 
 /// The namespace controller.
 pub struct NamespaceController {
@@ -79,6 +86,13 @@ impl Reconciler for NamespaceController {
             .is_some_and(|f| f.iter().any(|f| f == NAMESPACE_FINALIZER));
         if !has_finalizer {
             return Ok(Action::AwaitChange);
+        }
+        let now = super::now();
+        if let Some(since) = super::parse_time(&namespace["metadata"]["deletionTimestamp"]) {
+            if now < since + DELETION_GRACE {
+                let wait = u64::try_from(since + DELETION_GRACE - now).unwrap_or(1);
+                return Ok(Action::RequeueAfter(Duration::from_secs(wait)));
+            }
         }
         let name = key.name.as_str();
         let mut remaining: BTreeMap<&'static str, usize> = BTreeMap::new();
