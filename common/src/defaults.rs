@@ -55,7 +55,35 @@ pub fn apply_defaults(object: &mut AnyObject) {
             let status = ns.status.get_or_insert_with(Default::default);
             status.phase.get_or_insert_with(|| "Active".into());
         }
-        AnyObject::Node(_) | AnyObject::ConfigMap(_) | AnyObject::Event(_) => {}
+        AnyObject::Job(job) => {
+            let spec = &mut job.spec;
+            if spec.completions.is_none() && spec.parallelism.is_none() {
+                spec.completions = Some(1);
+            }
+            spec.parallelism.get_or_insert(1);
+            spec.backoff_limit.get_or_insert(6);
+            spec.completion_mode
+                .get_or_insert_with(|| "NonIndexed".into());
+            spec.suspend.get_or_insert(false);
+            spec.manual_selector.get_or_insert(false);
+            // Kubernetes labels a Job's pods with its name (and uid, added
+            // by the controller: it is only known once stored).
+            if let Some(name) = job.metadata.name.clone().filter(|n| !n.is_empty()) {
+                let labels = &mut spec.template.metadata.labels;
+                labels
+                    .entry("batch.kubernetes.io/job-name".into())
+                    .or_insert_with(|| name.clone());
+                labels.entry("job-name".into()).or_insert(name);
+            }
+            let restart = spec.template.spec.restart_policy.clone();
+            pod_spec_defaults(&mut spec.template.spec);
+            // No default: validation asks for OnFailure or Never.
+            spec.template.spec.restart_policy = restart;
+        }
+        AnyObject::Node(_)
+        | AnyObject::ConfigMap(_)
+        | AnyObject::Event(_)
+        | AnyObject::ControllerRevision(_) => {}
         AnyObject::EndpointSlice(slice) => {
             for port in &mut slice.ports {
                 port.protocol.get_or_insert_with(|| "TCP".into());

@@ -34,6 +34,10 @@ pub enum Kind {
     EndpointSlice,
     /// `v1/Endpoints`
     Endpoints,
+    /// `apps/v1/ControllerRevision`
+    ControllerRevision,
+    /// `batch/v1/Job`
+    Job,
 }
 
 /// Static facts about a [`Kind`].
@@ -58,7 +62,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
 }
 
-const ALL: [Kind; 12] = [
+const ALL: [Kind; 14] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Pod,
@@ -71,6 +75,8 @@ const ALL: [Kind; 12] = [
     Kind::DaemonSet,
     Kind::EndpointSlice,
     Kind::Endpoints,
+    Kind::ControllerRevision,
+    Kind::Job,
 ];
 
 impl Kind {
@@ -137,6 +143,15 @@ impl Kind {
                 []
             ),
             Kind::Endpoints => info!("Endpoints", "", "endpoints", "endpoints", true, ["ep"]),
+            Kind::ControllerRevision => info!(
+                "ControllerRevision",
+                "apps",
+                "controllerrevisions",
+                "controllerrevision",
+                true,
+                []
+            ),
+            Kind::Job => info!("Job", "batch", "jobs", "job", true, []),
         }
     }
 
@@ -220,6 +235,8 @@ pub enum AnyObject {
     DaemonSet(DaemonSet),
     EndpointSlice(EndpointSlice),
     Endpoints(Endpoints),
+    ControllerRevision(ControllerRevision),
+    Job(Job),
 }
 
 macro_rules! each_variant {
@@ -237,6 +254,8 @@ macro_rules! each_variant {
             AnyObject::DaemonSet($obj) => $body,
             AnyObject::EndpointSlice($obj) => $body,
             AnyObject::Endpoints($obj) => $body,
+            AnyObject::ControllerRevision($obj) => $body,
+            AnyObject::Job($obj) => $body,
         }
     };
 }
@@ -265,6 +284,8 @@ impl AnyObject {
             Kind::DaemonSet => AnyObject::DaemonSet(de(value)?),
             Kind::EndpointSlice => AnyObject::EndpointSlice(de(value)?),
             Kind::Endpoints => AnyObject::Endpoints(de(value)?),
+            Kind::ControllerRevision => AnyObject::ControllerRevision(de(value)?),
+            Kind::Job => AnyObject::Job(de(value)?),
         })
     }
 
@@ -288,6 +309,8 @@ impl AnyObject {
             AnyObject::DaemonSet(_) => Kind::DaemonSet,
             AnyObject::EndpointSlice(_) => Kind::EndpointSlice,
             AnyObject::Endpoints(_) => Kind::Endpoints,
+            AnyObject::ControllerRevision(_) => Kind::ControllerRevision,
+            AnyObject::Job(_) => Kind::Job,
         }
     }
 

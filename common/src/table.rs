@@ -144,6 +144,22 @@ pub fn columns(kind: Kind) -> Vec<Column> {
         ],
         Kind::Endpoints => discovery::endpoints_columns(name, age),
         Kind::EndpointSlice => discovery::endpoint_slice_columns(name, age),
+        Kind::Job => vec![
+            name,
+            col("Status", 0, "The Job's state."),
+            col("Completions", 0, "Succeeded pods out of the pods needed."),
+            col("Duration", 0, "Time the Job took or has taken so far."),
+            age,
+            col("Containers", 1, "Container names."),
+            col("Images", 1, "Container images."),
+            col("Selector", 1, "The pod selector."),
+        ],
+        Kind::ControllerRevision => vec![
+            name,
+            col("Controller", 0, "The controller this revision belongs to."),
+            col("Revision", 0, "The revision number."),
+            age,
+        ],
     }
 }
 
@@ -204,6 +220,13 @@ fn age_of(timestamp: &Value, now_unix: i64) -> String {
         Ok(ts) => human_duration(now_unix - ts.as_second()),
         Err(_) => "<unknown>".into(),
     }
+}
+
+fn parse_rfc3339(timestamp: &Value) -> Option<i64> {
+    s(timestamp)
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second())
 }
 
 /// Kubernetes' short human-readable duration (`45s`, `3m12s`, `5h`, `2d3h`).
@@ -570,6 +593,62 @@ fn cells(kind: Kind, o: &Value, now: i64) -> Vec<Value> {
         Kind::EndpointSlice => {
             let [address_type, ports, endpoints] = discovery::endpoint_slice_cells(o);
             vec![name, address_type, ports, endpoints, age]
+        }
+        Kind::Job => {
+            let (containers, images) = containers_and_images(&spec["template"]["spec"]);
+            let condition = |t: &str| {
+                status["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == t && c["status"] == "True"))
+            };
+            let state = if condition("Complete") {
+                "Complete"
+            } else if condition("Failed") {
+                "Failed"
+            } else if condition("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let succeeded = int(&status["succeeded"]);
+            let completions = if spec["completions"].is_null() {
+                format!("{succeeded}/1 of {}", int(&spec["parallelism"]))
+            } else {
+                format!("{succeeded}/{}", int(&spec["completions"]))
+            };
+            let start = parse_rfc3339(&status["startTime"]);
+            let end = parse_rfc3339(&status["completionTime"]).unwrap_or(now);
+            let duration = start.map_or(String::new(), |s| human_duration((end - s).max(0)));
+            vec![
+                name,
+                json!(state),
+                json!(completions),
+                json!(duration),
+                age,
+                json!(containers),
+                json!(images),
+                json!(label_selector_text(&spec["selector"])),
+            ]
+        }
+        Kind::ControllerRevision => {
+            // kube-apiserver's printer: `{kind}.{group}/{name}` of the
+            // controller owner.
+            let controller = o["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let api_version = s(&r["apiVersion"]);
+                    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+                    let kind = s(&r["kind"]).to_ascii_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", s(&r["name"]))
+                })
+                .unwrap_or_else(|| "<none>".to_string());
+            vec![name, json!(controller), json!(int(&o["revision"])), age]
         }
     }
 }

@@ -1877,6 +1877,66 @@ fn validate_replica_set(spec: &ReplicaSetSpec, errs: &mut Errors) {
     );
 }
 
+/// Kubernetes' `ValidateJobSpec`: counts not negative, an Indexed Job
+/// needs `completions`, and the pods must run to completion
+/// (`restartPolicy` `OnFailure` or `Never`).
+fn validate_job(spec: &crate::api::JobSpec, errs: &mut Errors) {
+    errs.non_negative("spec.parallelism".into(), spec.parallelism.map(i64::from));
+    errs.non_negative("spec.completions".into(), spec.completions.map(i64::from));
+    errs.non_negative(
+        "spec.backoffLimit".into(),
+        spec.backoff_limit.map(i64::from),
+    );
+    errs.non_negative(
+        "spec.ttlSecondsAfterFinished".into(),
+        spec.ttl_seconds_after_finished.map(i64::from),
+    );
+    if let Some(deadline) = spec.active_deadline_seconds {
+        if deadline <= 0 {
+            errs.invalid(
+                "spec.activeDeadlineSeconds".into(),
+                deadline,
+                "must be greater than 0",
+            );
+        }
+    }
+    errs.one_of(
+        "spec.completionMode".into(),
+        spec.completion_mode.as_ref(),
+        &["NonIndexed", "Indexed"],
+    );
+    if spec.completion_mode.as_deref() == Some("Indexed") && spec.completions.is_none() {
+        errs.required("spec.completions".into());
+    }
+    if let Some(selector) = &spec.selector {
+        if spec.manual_selector == Some(true) {
+            validate_selector(selector, "spec.selector", errs);
+            if !selector.matches(&spec.template.metadata.labels) {
+                errs.invalid(
+                    "spec.template.metadata.labels".into(),
+                    labels_string(&spec.template.metadata.labels),
+                    "`selector` does not match template `labels`",
+                );
+            }
+        }
+    }
+    validate_labels(
+        &spec.template.metadata.labels,
+        "spec.template.metadata.labels",
+        errs,
+    );
+    validate_pod_spec(&spec.template.spec, "spec.template.spec", false, errs);
+    match spec.template.spec.restart_policy.as_deref() {
+        None | Some("") => errs.required("spec.template.spec.restartPolicy".into()),
+        Some("OnFailure" | "Never") => {}
+        Some(other) => errs.not_supported(
+            "spec.template.spec.restartPolicy".into(),
+            other,
+            &["OnFailure", "Never"],
+        ),
+    }
+}
+
 fn validate_daemon_set(spec: &DaemonSetSpec, errs: &mut Errors) {
     validate_template(&spec.selector, &spec.template, errs);
     if let Some(strategy) = &spec.update_strategy {
@@ -2063,6 +2123,16 @@ pub fn validate(obj: &AnyObject) -> Vec<FieldError> {
         AnyObject::DaemonSet(ds) => validate_daemon_set(&ds.spec, &mut errs),
         AnyObject::EndpointSlice(slice) => services::validate_endpoint_slice(slice, &mut errs),
         AnyObject::Endpoints(endpoints) => services::validate_endpoints(endpoints, &mut errs),
+        AnyObject::Job(job) => validate_job(&job.spec, &mut errs),
+        AnyObject::ControllerRevision(revision) => {
+            if revision.revision < 0 {
+                errs.invalid(
+                    "revision".into(),
+                    revision.revision,
+                    "must be greater than or equal to 0",
+                );
+            }
+        }
     }
     errs.0
 }
@@ -2149,6 +2219,30 @@ pub fn validate_update(old: &AnyObject, new: &AnyObject) -> Vec<FieldError> {
             if old.address_type != new.address_type =>
         {
             errs.invalid("addressType".into(), &new.address_type, IMMUTABLE);
+        }
+        (AnyObject::Job(old), AnyObject::Job(new)) => {
+            if old.spec.template != new.spec.template {
+                errs.invalid("spec.template".into(), "", IMMUTABLE);
+            }
+            if old.spec.completions != new.spec.completions {
+                errs.invalid(
+                    "spec.completions".into(),
+                    new.spec.completions.unwrap_or(0),
+                    IMMUTABLE,
+                );
+            }
+            if old.spec.completion_mode != new.spec.completion_mode {
+                errs.invalid(
+                    "spec.completionMode".into(),
+                    new.spec.completion_mode.clone().unwrap_or_default(),
+                    IMMUTABLE,
+                );
+            }
+        }
+        (AnyObject::ControllerRevision(old), AnyObject::ControllerRevision(new))
+            if old.data != new.data =>
+        {
+            errs.invalid("data".into(), "", IMMUTABLE);
         }
         (AnyObject::Node(old), AnyObject::Node(new)) => {
             let old_cidr = old.spec.pod_cidr.as_deref().unwrap_or("");

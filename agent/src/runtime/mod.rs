@@ -36,8 +36,8 @@ pub mod logs;
 pub mod netns;
 mod probes;
 pub mod pulls;
-mod security;
 pub mod resolv;
+mod security;
 pub mod shim;
 pub mod spec;
 #[doc(hidden)]

@@ -1,4 +1,4 @@
-//! Deployment, ReplicaSet and DaemonSet (`apps/v1`).
+//! Deployment, ReplicaSet, DaemonSet and ControllerRevision (`apps/v1`).
 
 use serde::{Deserialize, Serialize};
 
@@ -258,3 +258,27 @@ pub struct DaemonSetUpdateStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_update: Option<RollingUpdate>,
 }
+
+/// A ControllerRevision: an immutable snapshot of a DaemonSet's template,
+/// the history `kubectl rollout history|undo daemonset/x` reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerRevision {
+    /// `apps/v1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// `ControllerRevision`.
+    #[serde(default)]
+    pub kind: String,
+    /// Standard metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The snapshot: for a DaemonSet, a strategic merge patch that puts the
+    /// template back (`{"spec": {"template": {..., "$patch": "replace"}}}`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+    /// The revision number (1, 2, ...).
+    #[serde(default)]
+    pub revision: i64,
+}
+super::impl_resource!(ControllerRevision, Kind::ControllerRevision);

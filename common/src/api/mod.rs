@@ -5,6 +5,7 @@
 //! purpose: [`crate::manifest`] reports them by path instead of dropping them.
 
 mod apps;
+mod batch;
 mod config;
 mod discovery;
 mod event;
@@ -14,6 +15,7 @@ mod pod;
 mod service;
 
 pub use apps::*;
+pub use batch::*;
 pub use config::*;
 pub use discovery::*;
 pub use event::*;

@@ -6,7 +6,12 @@ use bramble_common::Kind;
 use serde_json::{json, Value};
 
 /// The groups bramble serves: `("", "v1")` is the core group.
-const GROUPS: [(&str, &str); 3] = [("", "v1"), ("apps", "v1"), ("discovery.k8s.io", "v1")];
+const GROUPS: [(&str, &str); 4] = [
+    ("", "v1"),
+    ("apps", "v1"),
+    ("batch", "v1"),
+    ("discovery.k8s.io", "v1"),
+];
 
 /// `/version`.
 pub fn version() -> Value {
@@ -103,6 +108,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         }
         if *kind == Kind::Pod {
             resources.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+            resources.push(json!({
                 "name": "pods/log",
                 "singularName": "",
                 "namespaced": true,
@@ -143,7 +157,12 @@ fn in_category_all(kind: Kind) -> bool {
 pub fn has_status_subresource(kind: Kind) -> bool {
     !matches!(
         kind,
-        Kind::ConfigMap | Kind::Secret | Kind::Event | Kind::EndpointSlice | Kind::Endpoints
+        Kind::ConfigMap
+            | Kind::Secret
+            | Kind::Event
+            | Kind::EndpointSlice
+            | Kind::Endpoints
+            | Kind::ControllerRevision
     )
 }
 

@@ -76,6 +76,18 @@ impl ApiError {
         .with_details(kind, name, Vec::new())
     }
 
+    /// 403 Forbidden for an action on an object (`pods "x" is forbidden:
+    /// {why}`).
+    pub fn forbidden(kind: Kind, name: &str, why: &str) -> Self {
+        let plural = kind.info().plural;
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{plural} \"{name}\" is forbidden: {why}"),
+        )
+        .with_details(kind, name, Vec::new())
+    }
+
     /// 415 Unsupported Media Type.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)

@@ -56,6 +56,13 @@ pub async fn resource(
             super::logs::serve(state, namespace, name, &query).await
         }
         (_, _, Some(Subresource::Log)) => Err(ApiError::method_not_allowed(method.as_str(), &path)),
+        (&Method::POST, Some(name), Some(Subresource::Eviction)) => {
+            let namespace = target.namespace.as_deref().unwrap_or("default");
+            super::eviction::create(state, namespace, name, &headers, &body).await
+        }
+        (_, _, Some(Subresource::Eviction)) => {
+            Err(ApiError::method_not_allowed(method.as_str(), &path))
+        }
         (method, Some(name), Some(Subresource::Scale)) => {
             let key = object_key(&target, name);
             match *method {
@@ -335,9 +342,12 @@ async fn allocate_service<'a>(
     }
 }
 
+/// Refuses a create in a namespace that does not exist (404) or that is
+/// being deleted (403, as Kubernetes' `NamespaceLifecycle` admission).
 async fn ensure_namespace_exists(
     state: &ApiState,
     target: &ResourceTarget,
+    name: &str,
 ) -> Result<(), ApiError> {
     if let (true, Some(ns)) = (target.kind.namespaced(), &target.namespace) {
         let key = ObjectKey {
@@ -345,8 +355,18 @@ async fn ensure_namespace_exists(
             namespace: String::new(),
             name: ns.clone(),
         };
-        if state.store.get(&key).await?.is_none() {
-            return Err(ApiError::not_found(Kind::Namespace, ns));
+        match state.store.get(&key).await? {
+            None => return Err(ApiError::not_found(Kind::Namespace, ns)),
+            Some(namespace) if namespace["metadata"]["deletionTimestamp"].is_string() => {
+                return Err(ApiError::forbidden(
+                    target.kind,
+                    name,
+                    &format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
     }
     Ok(())
@@ -366,10 +386,10 @@ async fn create(
         )));
     }
     let mut object = admit(target, parse_body(headers, body, target.kind)?)?;
-    ensure_namespace_exists(state, target).await?;
+    let name = object.metadata().name.clone().unwrap_or_default();
+    ensure_namespace_exists(state, target, &name).await?;
     // Held until the Service is written: no two get the same address.
     let _allocation = allocate_service(state, &mut object, None).await?;
-    let name = object.metadata().name.clone().unwrap_or_default();
     let key = object_key(target, &name);
     let value = object.to_value();
     if is_dry_run(query) {
@@ -440,9 +460,10 @@ async fn write_update(
             let status = value.get("status").cloned().unwrap_or(Value::Null);
             state.store.update_status(key, status, precondition).await
         }
-        // `log` is read-only and `scale` has its own handlers: `resource`
+        // `log` is read-only, `scale` and `eviction` have their own handlers: `resource`
         // answers them before here.
-        None | Some(Subresource::Log | Subresource::Exec | Subresource::Scale) => {
+        None
+        | Some(Subresource::Log | Subresource::Exec | Subresource::Scale | Subresource::Eviction) => {
             state.store.update(key, value, precondition).await
         }
     }
@@ -579,6 +600,7 @@ async fn delete(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let mut precondition = Precondition::default();
+    let mut propagation: Option<String> = query.get("propagationPolicy").cloned();
     let mut grace_seconds: Option<i64> = match query.get("gracePeriodSeconds") {
         Some(v) => Some(v.parse().map_err(|_| {
             ApiError::bad_request(format!("gracePeriodSeconds: {v:?} is not a whole number"))
@@ -600,6 +622,11 @@ async fn delete(
                 ApiError::bad_request(format!("gracePeriodSeconds: {grace} is not a whole number"))
             })?);
         }
+        if let Some(policy) = options["propagationPolicy"].as_str() {
+            propagation = Some(policy.to_string());
+        } else if options["orphanDependents"] == true {
+            propagation = Some("Orphan".to_string());
+        }
         if let Some(uid) = options["preconditions"]["uid"].as_str() {
             precondition.uid = Some(uid.to_string());
         }
@@ -611,6 +638,7 @@ async fn delete(
             })?);
         }
     }
+    let policy = super::deletion::Propagation::parse(propagation.as_deref())?;
     let key = object_key(target, name);
     if is_dry_run(query) {
         let current = state
@@ -621,6 +649,23 @@ async fn delete(
         return Ok(super::negotiated_response(
             StatusCode::OK,
             &current,
+            headers,
+        ));
+    }
+    if target.kind == Kind::Namespace {
+        super::deletion::protect_namespace(name)?;
+    }
+    if let Some(object) =
+        super::deletion::prepare(&state.store, &key, &precondition, policy).await?
+    {
+        // A namespace, or an owner whose dependents are handled first: the
+        // store only marks it; the namespace controller or the garbage
+        // collector finishes.
+        let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let outcome = state.store.delete(&key, Precondition::uid(uid)).await?;
+        return Ok(super::negotiated_response(
+            StatusCode::OK,
+            outcome.object(),
             headers,
         ));
     }

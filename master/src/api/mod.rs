@@ -6,8 +6,10 @@
 //! API meets the rest of the master only through the [`crate::store`].
 
 pub mod auth;
+pub mod deletion;
 pub mod discovery;
 pub mod error;
+pub mod eviction;
 pub mod exec;
 pub mod handlers;
 pub mod logs;

@@ -18,10 +18,11 @@ fn doc_hash() -> String {
 }
 
 /// The group versions served, as `(url path, group, version)`.
-fn group_versions() -> [(&'static str, &'static str, &'static str); 3] {
+fn group_versions() -> [(&'static str, &'static str, &'static str); 4] {
     [
         ("api/v1", "", "v1"),
         ("apis/apps/v1", "apps", "v1"),
+        ("apis/batch/v1", "batch", "v1"),
         ("apis/discovery.k8s.io/v1", "discovery.k8s.io", "v1"),
     ]
 }

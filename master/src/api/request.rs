@@ -59,6 +59,8 @@ pub enum Subresource {
     Exec,
     /// `/scale` (Deployments and ReplicaSets: autoscaling/v1 `Scale`)
     Scale,
+    /// `/eviction` (pods only: policy/v1 `Eviction`)
+    Eviction,
 }
 
 /// Why a path is not served.
@@ -92,6 +94,7 @@ pub fn parse_path(path: &str) -> Result<Route, NoRoute> {
         ["bramble", "v1", rest @ ..] => Ok(Route::Bramble(rest.join("/"))),
         ["api", "v1", rest @ ..] => resource_target("", rest).map(Route::Resource),
         ["apis", "apps", "v1", rest @ ..] => resource_target("apps", rest).map(Route::Resource),
+        ["apis", "batch", "v1", rest @ ..] => resource_target("batch", rest).map(Route::Resource),
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => {
             resource_target("discovery.k8s.io", rest).map(Route::Resource)
         }
@@ -104,6 +107,7 @@ fn resource_target(group: &str, rest: &[&str]) -> Result<ResourceTarget, NoRoute
         "status" => Ok(Subresource::Status),
         "log" if plural == &"pods" => Ok(Subresource::Log),
         "exec" if plural == &"pods" => Ok(Subresource::Exec),
+        "eviction" if plural == &"pods" => Ok(Subresource::Eviction),
         "scale" if matches!(*plural, "deployments" | "replicasets") => Ok(Subresource::Scale),
         _ => Err(NoRoute),
     };

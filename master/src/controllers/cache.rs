@@ -436,6 +436,43 @@ impl Cache {
             .cloned()
     }
 
+    /// The cached object of any kind, whole or as a [`PodInfo`].
+    pub fn cached(&self, key: &ObjectKey) -> Option<Cached> {
+        self.read().get(key).cloned()
+    }
+
+    /// True when this cache holds `kind`.
+    pub fn holds(&self, kind: Kind) -> bool {
+        self.kinds.contains(&kind)
+    }
+
+    /// The keys of every cached object, of any kind, that names an owner
+    /// or that is being deleted with finalizers: what the garbage
+    /// collector looks at on each resync.
+    pub fn keys_with_owners_or_finalizers(&self) -> Vec<ObjectKey> {
+        let state = self.read();
+        let mut keys = Vec::new();
+        for (kind, objects) in &state.objects {
+            for ((ns, name), cached) in objects {
+                let interesting = match cached {
+                    Cached::Pod(pod) => !pod.owners.is_empty(),
+                    Cached::Object(object) => {
+                        let meta = &object["metadata"];
+                        meta["ownerReferences"]
+                            .as_array()
+                            .is_some_and(|r| !r.is_empty())
+                            || (meta["deletionTimestamp"].is_string()
+                                && meta["finalizers"].as_array().is_some_and(|f| !f.is_empty()))
+                    }
+                };
+                if interesting {
+                    keys.push(ObjectKey::new(*kind, ns.clone(), name.clone()));
+                }
+            }
+        }
+        keys
+    }
+
     /// The cached pod.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<PodInfo>> {
         self.read()

@@ -5,15 +5,21 @@
 
 pub mod builtin_services;
 pub mod cache;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
+pub mod garbage_collector;
+pub mod job;
+pub mod namespace;
 pub mod node_lifecycle;
+pub mod node_taints;
 pub mod pod_termination;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
 pub mod service_ip;
 pub mod service_lb;
+pub mod taint_eviction;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -124,7 +130,16 @@ pub async fn run<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let kinds = [Kind::Pod, Kind::ReplicaSet, Kind::Deployment];
+    let kinds = [
+        Kind::Pod,
+        Kind::ReplicaSet,
+        Kind::Deployment,
+        Kind::Namespace,
+        Kind::DaemonSet,
+        Kind::Node,
+        Kind::ControllerRevision,
+        Kind::Job,
+    ];
     let (cache, feeder) = cache::Cache::new(&kinds);
     let loop_options = options.loop_options.clone();
     let termination = runtime::Controller::new(
@@ -150,15 +165,73 @@ pub async fn run<F, Fut>(
         )),
         loop_options.clone(),
     );
+    let daemonsets = runtime::Controller::new(
+        Arc::new(daemonset::DaemonSetController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let jobs = runtime::Controller::new(
+        Arc::new(job::JobController::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let taints = runtime::Controller::new(
+        Arc::new(node_taints::NodeTaints::new(store.clone(), cache.clone())),
+        loop_options.clone(),
+    );
+    let evictions = runtime::Controller::new(
+        Arc::new(taint_eviction::TaintEviction::new(
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+        )),
+        loop_options.clone(),
+    );
+    let gc = Arc::new(garbage_collector::GarbageCollector::new(
+        store.clone(),
+        cache.clone(),
+    ));
+    let collector = runtime::Controller::new(gc.clone(), loop_options.clone());
+    let namespaces = runtime::Controller::new(
+        Arc::new(namespace::NamespaceController::new(
+            store.clone(),
+            cache.clone(),
+        )),
+        loop_options.clone(),
+    );
     let subscribers = vec![
         termination.subscriber(),
         replicasets.subscriber(),
         deployments.subscriber(),
+        daemonsets.subscriber(),
+        jobs.subscriber(),
+        taints.subscriber(),
+        evictions.subscriber(),
+        collector.subscriber(),
+        namespaces.subscriber(),
     ];
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(termination.run(cache.clone(), shutdown()));
     tasks.spawn(replicasets.run(cache.clone(), shutdown()));
     tasks.spawn(deployments.run(cache.clone(), shutdown()));
+    tasks.spawn(daemonsets.run(cache.clone(), shutdown()));
+    tasks.spawn(jobs.run(cache.clone(), shutdown()));
+    tasks.spawn(taints.run(cache.clone(), shutdown()));
+    tasks.spawn(evictions.run(cache.clone(), shutdown()));
+    tasks.spawn(garbage_collector::follow_uncached(
+        gc,
+        collector.queue(),
+        garbage_collector::uncached_kinds(&cache),
+        shutdown(),
+    ));
+    tasks.spawn(collector.run(cache.clone(), shutdown()));
+    tasks.spawn(namespaces.run(cache.clone(), shutdown()));
     tasks.spawn(feeder.run(store, subscribers, shutdown()));
     while tasks.join_next().await.is_some() {}
 }

@@ -74,6 +74,12 @@ pub trait Reconciler: Send + Sync + 'static {
             Vec::new()
         }
     }
+    /// The keys queued at start, after a relist and at each resync: every
+    /// object of the primary kind by default (the garbage collector
+    /// queues the objects of every kind that have owners).
+    fn resync_keys(&self, cache: &Cache) -> Vec<ObjectKey> {
+        cache.keys(self.primary())
+    }
     /// Drives the object at `key` toward its spec. Called for deleted
     /// objects too (the key is then absent from the cache).
     fn reconcile(
@@ -251,7 +257,7 @@ impl<R: Reconciler> Subscriber for Subscription<R> {
     }
 
     fn relisted(&self, cache: &Cache) {
-        for key in cache.keys(self.reconciler.primary()) {
+        for key in self.reconciler.resync_keys(cache) {
             self.queue.add(key);
         }
     }
@@ -298,8 +304,7 @@ impl<R: Reconciler> Controller<R> {
             () = cache.wait_synced() => {}
         }
         let name = self.reconciler.name();
-        let primary = self.reconciler.primary();
-        for key in cache.keys(primary) {
+        for key in self.reconciler.resync_keys(&cache) {
             self.queue.add(key);
         }
         let mut next_resync = Instant::now() + self.options.resync;
@@ -307,7 +312,7 @@ impl<R: Reconciler> Controller<R> {
         loop {
             let now = Instant::now();
             if now >= next_resync {
-                for key in cache.keys(primary) {
+                for key in self.reconciler.resync_keys(&cache) {
                     self.queue.add(key);
                 }
                 next_resync = now + self.options.resync;

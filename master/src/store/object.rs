@@ -43,7 +43,12 @@ const KEPT_ON_UPDATE: [&str; 4] = [
 pub(crate) fn kind_has_status(kind: Kind) -> bool {
     !matches!(
         kind,
-        Kind::ConfigMap | Kind::Secret | Kind::Event | Kind::EndpointSlice | Kind::Endpoints
+        Kind::ConfigMap
+            | Kind::Secret
+            | Kind::Event
+            | Kind::EndpointSlice
+            | Kind::Endpoints
+            | Kind::ControllerRevision
     )
 }
 
@@ -131,12 +136,17 @@ pub(crate) fn resource_version(object: &Value) -> u64 {
     meta_str(object, "resourceVersion").parse().unwrap_or(0)
 }
 
-/// True when `metadata.finalizers` is a non-empty list.
+/// True when `metadata.finalizers` is a non-empty list, or, for a
+/// Namespace, `spec.finalizers` (Kubernetes keeps the namespace
+/// controller's `kubernetes` finalizer there).
 pub(crate) fn has_finalizers(object: &Value) -> bool {
-    metadata(object)
-        .and_then(|m| m.get("finalizers"))
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty())
+    let non_empty = |list: Option<&Value>| {
+        list.and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    };
+    non_empty(metadata(object).and_then(|m| m.get("finalizers")))
+        || (object.get("kind").and_then(Value::as_str) == Some("Namespace")
+            && non_empty(object.get("spec").and_then(|s| s.get("finalizers"))))
 }
 
 /// True when `metadata.deletionTimestamp` is set.
