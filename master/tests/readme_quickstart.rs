@@ -76,6 +76,13 @@ struct LocalNode {
 
 impl Drop for LocalNode {
     fn drop(&mut self) {
+        // A master killed by a failing test leaves its local agent running.
+        for pid in agents_of(&self.state_dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         stop_leftovers(&self.name, &self.state_dir, &self.run_dir, &self.state_dir);
         let out = Command::new(agent_bin())
             .args(["reset", "--node", &self.name, "--state-dir"])
@@ -90,6 +97,27 @@ impl Drop for LocalNode {
             }
         }
     }
+}
+
+/// The processes of `bramble-agent` run with `--state-dir state_dir`.
+fn agents_of(state_dir: &Path) -> Vec<i32> {
+    let wanted = state_dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_agent = args.first().is_some_and(|a| a.ends_with(b"bramble-agent"));
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"--state-dir" && w[1] == wanted.as_bytes());
+            (is_agent && ours).then_some(pid)
+        })
+        .collect()
 }
 
 #[test]
