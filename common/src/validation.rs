@@ -2673,7 +2673,7 @@ mod tests {
         assert_has(&errors, &format!("{env}[0].name: Required value"));
         assert_has(&errors, &format!("{env}[1].name: Invalid value: \"A=B\": a valid environment variable name must consist only of printable ASCII characters other than '='"));
         assert_has(&errors, &format!("{env}[2].valueFrom: Invalid value: \"\": may not be specified when `value` is not empty"));
-        assert_has(&errors, &format!("{env}[3].valueFrom: Invalid value: \"\": must specify one of: `fieldRef`, `configMapKeyRef` or `secretKeyRef`"));
+        assert_has(&errors, &format!("{env}[3].valueFrom: Invalid value: \"\": must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`"));
         assert_has(&errors, &format!("{env}[4].valueFrom: Invalid value: \"\": may not have more than one field specified at a time"));
         assert_has(&errors, &format!("{env}[5].valueFrom.fieldRef.fieldPath: Unsupported value: \"spec.serviceAccountName\": supported values: \"metadata.annotations['<KEY>']\", \"metadata.labels['<KEY>']\", \"metadata.name\", \"metadata.namespace\", \"metadata.uid\", \"spec.nodeName\", \"status.hostIP\", \"status.podIP\", \"status.podIPs\""));
         assert_has(&errors, &format!("{env}[6].valueFrom.fieldRef.apiVersion: Unsupported value: \"v2\": supported values: \"v1\""));
