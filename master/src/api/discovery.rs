@@ -175,17 +175,23 @@ mod tests {
         let core = resource_list("", "v1").expect("core");
         let apps = resource_list("apps", "v1").expect("apps");
         let discovery = resource_list("discovery.k8s.io", "v1").expect("discovery");
+        let batch = resource_list("batch", "v1").expect("batch");
         let names: Vec<&str> = core["resources"]
             .as_array()
             .into_iter()
             .chain(apps["resources"].as_array())
             .chain(discovery["resources"].as_array())
+            .chain(batch["resources"].as_array())
             .flatten()
             .filter_map(|r| r["name"].as_str())
             .filter(|n| !n.contains('/'))
             .collect();
         assert_eq!(names.len(), Kind::all().len());
-        assert!(resource_list("batch", "v1").is_none());
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(resource_list("batch", "v2").is_none());
         assert_eq!(apps["groupVersion"], "apps/v1");
     }
 }

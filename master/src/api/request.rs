@@ -190,7 +190,7 @@ mod tests {
     fn refuses_unknown_paths() {
         assert_eq!(parse_path("/api/v1/widgets"), Err(NoRoute));
         assert_eq!(parse_path("/api/v1/pods/web"), Err(NoRoute));
-        assert_eq!(parse_path("/apis/batch/v1/jobs"), Err(NoRoute));
+        assert_eq!(parse_path("/apis/batch/v1/cronjobs"), Err(NoRoute));
         assert_eq!(
             parse_path("/api/v1/namespaces/default/pods/web/attach"),
             Err(NoRoute)
