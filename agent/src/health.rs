@@ -68,12 +68,15 @@ pub fn check(state_dir: &Path, runtime: RuntimeHealth) -> HealthReport {
         ..HealthReport::default()
     };
     if let Ok(fs) = nix::sys::statvfs::statvfs(state_dir) {
-        let block = fs.fragment_size();
+        // The field types differ between 32- and 64-bit targets: widen.
+        let block = u128::from(fs.fragment_size());
+        let bytes = |blocks: u128| Some(u64::try_from(blocks * block).unwrap_or(u64::MAX));
+        let count = |n: u128| Some(u64::try_from(n).unwrap_or(u64::MAX));
         report.state_read_only = fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
-        report.disk_available = Some(fs.blocks_available().saturating_mul(block));
-        report.disk_total = Some(fs.blocks().saturating_mul(block));
-        report.inodes_free = Some(fs.files_available());
-        report.inodes_total = Some(fs.files());
+        report.disk_available = bytes(u128::from(fs.blocks_available()));
+        report.disk_total = bytes(u128::from(fs.blocks()));
+        report.inodes_free = count(u128::from(fs.files_available()));
+        report.inodes_total = count(u128::from(fs.files()));
     }
     if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
         report.memory_available = meminfo_field(&text, "MemAvailable:");
