@@ -137,16 +137,13 @@ pub(super) fn service_external_ip(o: &Value) -> String {
                 })
                 .collect();
             ingress.extend(external_ips);
+            // The whole list: kube-apiserver prints its tables wide, so it
+            // never shortens it (kubectl's own `...` is for client-side
+            // printing only).
             if ingress.is_empty() {
                 "<pending>".into()
             } else {
-                let text = ingress.join(",");
-                // kubectl shortens long lists when not -o wide.
-                if text.len() > 16 {
-                    format!("{}...", &text[..13])
-                } else {
-                    text
-                }
+                ingress.join(",")
             }
         }
         "ExternalName" => s(&spec["externalName"]).to_string(),
@@ -200,6 +197,12 @@ mod tests {
         );
         let lb = json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "172.31.0.10"}]}}});
         assert_eq!(service_external_ip(&lb), "172.31.0.10");
+        let many = json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [
+            {"ip": "172.31.0.10"}, {"ip": "172.31.0.11"}, {"hostname": "lb-é.example"}]}}});
+        assert_eq!(
+            service_external_ip(&many),
+            "172.31.0.10,172.31.0.11,lb-é.example"
+        );
         let en = json!({"spec": {"type": "ExternalName", "externalName": "db.example.com"}});
         assert_eq!(service_external_ip(&en), "db.example.com");
     }
