@@ -144,13 +144,6 @@ fn node_should_run(template: &PodTemplateSpec, node: &Node) -> (bool, bool) {
     (may_stay && !untolerated("NoSchedule"), may_stay)
 }
 
-/// The key of the DaemonSet controlling `pod`, if one does.
-fn owner_key(pod: &PodInfo) -> Option<ObjectKey> {
-    let owner = pod.controller()?;
-    (owner.kind == "DaemonSet" && owner.api_version == "apps/v1")
-        .then(|| ObjectKey::new(Kind::DaemonSet, pod.namespace.clone(), owner.name.clone()))
-}
-
 /// What a node's labels, taints or existence say to the DaemonSets.
 fn node_fingerprint(node: Option<&Value>) -> Option<(Value, Value)> {
     node.map(|n| (n["metadata"]["labels"].clone(), n["spec"]["taints"].clone()))
@@ -216,34 +209,12 @@ impl Reconciler for DaemonSetController {
             Kind::Pod => {
                 let old = change.old.as_ref().and_then(|c| c.pod());
                 let new = change.new.as_ref().and_then(|c| c.pod());
-                match (old, new) {
-                    (None, Some(pod)) => {
-                        if let Some(owner) = pod.controller() {
-                            self.expectations.creation_observed(&owner.uid);
-                        }
-                    }
-                    (Some(pod), None) => {
-                        if let Some(owner) = pod.controller() {
-                            self.expectations.deletion_observed(&owner.uid, &pod.uid);
-                        }
-                    }
-                    (Some(before), Some(after))
-                        if before.deleting.is_none() && after.deleting.is_some() =>
-                    {
-                        if let Some(owner) = after.controller() {
-                            self.expectations.deletion_observed(&owner.uid, &after.uid);
-                        }
-                    }
-                    _ => {}
-                }
-                let mut keys: Vec<ObjectKey> = old
-                    .into_iter()
-                    .chain(new)
-                    .filter_map(|p| owner_key(p))
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                keys
+                super::pods::observe_change(
+                    &self.expectations,
+                    old.map(|p| &**p),
+                    new.map(|p| &**p),
+                );
+                super::pods::controller_keys(old.map(|p| &**p), new.map(|p| &**p), Kind::DaemonSet)
             }
             _ => Vec::new(),
         }

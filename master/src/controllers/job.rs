@@ -92,13 +92,6 @@ impl JobController {
     }
 }
 
-/// The key of the Job controlling `pod`, if one does.
-fn owner_key(pod: &PodInfo) -> Option<ObjectKey> {
-    let owner = pod.controller()?;
-    (owner.kind == "Job" && owner.api_version == "batch/v1")
-        .then(|| ObjectKey::new(Kind::Job, pod.namespace.clone(), owner.name.clone()))
-}
-
 /// Indexes as Kubernetes writes `completedIndexes`: sorted, runs of three
 /// or more as `a-b` (`0-2,4,6-7`... Kubernetes writes runs of two as
 /// `6-7` too).
@@ -217,34 +210,12 @@ impl Reconciler for JobController {
             Kind::Pod => {
                 let old = change.old.as_ref().and_then(|c| c.pod());
                 let new = change.new.as_ref().and_then(|c| c.pod());
-                match (old, new) {
-                    (None, Some(pod)) => {
-                        if let Some(owner) = pod.controller() {
-                            self.expectations.creation_observed(&owner.uid);
-                        }
-                    }
-                    (Some(pod), None) => {
-                        if let Some(owner) = pod.controller() {
-                            self.expectations.deletion_observed(&owner.uid, &pod.uid);
-                        }
-                    }
-                    (Some(before), Some(after))
-                        if before.deleting.is_none() && after.deleting.is_some() =>
-                    {
-                        if let Some(owner) = after.controller() {
-                            self.expectations.deletion_observed(&owner.uid, &after.uid);
-                        }
-                    }
-                    _ => {}
-                }
-                let mut keys: Vec<ObjectKey> = old
-                    .into_iter()
-                    .chain(new)
-                    .filter_map(|p| owner_key(p))
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                keys
+                super::pods::observe_change(
+                    &self.expectations,
+                    old.map(|p| &**p),
+                    new.map(|p| &**p),
+                );
+                super::pods::controller_keys(old.map(|p| &**p), new.map(|p| &**p), Kind::Job)
             }
             _ => Vec::new(),
         }

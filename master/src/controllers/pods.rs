@@ -2,7 +2,8 @@
 //! template (Kubernetes' `GetPodFromTemplate`, with the defaults and the
 //! default tolerations the API server's admission would add), deleting one
 //! the way the API does (gracefully when a node runs it), creating many in
-//! Kubernetes' slow-start batches, and the owner's selector.
+//! Kubernetes' slow-start batches, the owner's selector, and what a pod's
+//! change means to its controller (expectations met, the owner to look at).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,52 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::cache::PodInfo;
+use super::runtime::Expectations;
 use crate::store::{ObjectKey, Precondition, Store, StoreError};
+
+/// Marks the creation or deletion a controller expected as seen, from a
+/// pod's change from `old` to `new` (a pod that starts terminating counts
+/// as deleted, as in Kubernetes' controllers).
+pub fn observe_change(expectations: &Expectations, old: Option<&PodInfo>, new: Option<&PodInfo>) {
+    match (old, new) {
+        (None, Some(pod)) => {
+            if let Some(owner) = pod.controller() {
+                expectations.creation_observed(&owner.uid);
+            }
+        }
+        (Some(pod), None) => {
+            if let Some(owner) = pod.controller() {
+                expectations.deletion_observed(&owner.uid, &pod.uid);
+            }
+        }
+        (Some(before), Some(after)) if before.deleting.is_none() && after.deleting.is_some() => {
+            if let Some(owner) = after.controller() {
+                expectations.deletion_observed(&owner.uid, &after.uid);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `kind` object that controls `pod`, if its controller is one.
+pub fn controller_key(pod: &PodInfo, kind: Kind) -> Option<ObjectKey> {
+    let owner = pod.controller()?;
+    (owner.kind == kind.name() && owner.api_version == kind.api_version())
+        .then(|| ObjectKey::new(kind, pod.namespace.clone(), owner.name.clone()))
+}
+
+/// The `kind` objects controlling the pod before or after a change, sorted,
+/// without duplicates.
+pub fn controller_keys(old: Option<&PodInfo>, new: Option<&PodInfo>, kind: Kind) -> Vec<ObjectKey> {
+    let mut keys: Vec<ObjectKey> = old
+        .into_iter()
+        .chain(new)
+        .filter_map(|p| controller_key(p, kind))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
 
 /// Most pods one reconcile creates or deletes (kube-controller-manager's
 /// `BurstReplicas`).

@@ -57,13 +57,6 @@ impl ReplicaSetController {
     }
 }
 
-/// The key of the ReplicaSet controlling `pod`, if one does.
-fn owner_key(pod: &PodInfo) -> Option<ObjectKey> {
-    let owner = pod.controller()?;
-    (owner.kind == "ReplicaSet" && owner.api_version == "apps/v1")
-        .then(|| ObjectKey::new(Kind::ReplicaSet, pod.namespace.clone(), owner.name.clone()))
-}
-
 impl Reconciler for ReplicaSetController {
     fn name(&self) -> &'static str {
         NAME
@@ -88,31 +81,9 @@ impl Reconciler for ReplicaSetController {
         let old = change.old.as_ref().and_then(|c| c.pod());
         let new = change.new.as_ref().and_then(|c| c.pod());
         // Expectations: a creation or a deletion this controller asked for.
-        match (old, new) {
-            (None, Some(pod)) => {
-                if let Some(owner) = pod.controller() {
-                    self.expectations.creation_observed(&owner.uid);
-                }
-            }
-            (Some(pod), None) => {
-                if let Some(owner) = pod.controller() {
-                    self.expectations.deletion_observed(&owner.uid, &pod.uid);
-                }
-            }
-            (Some(before), Some(after))
-                if before.deleting.is_none() && after.deleting.is_some() =>
-            {
-                if let Some(owner) = after.controller() {
-                    self.expectations.deletion_observed(&owner.uid, &after.uid);
-                }
-            }
-            _ => {}
-        }
-        let mut keys: Vec<ObjectKey> = old
-            .into_iter()
-            .chain(new)
-            .filter_map(|p| owner_key(p))
-            .collect();
+        pods::observe_change(&self.expectations, old.map(|p| &**p), new.map(|p| &**p));
+        let mut keys =
+            pods::controller_keys(old.map(|p| &**p), new.map(|p| &**p), Kind::ReplicaSet);
         // An orphan: the ReplicaSets that may adopt it.
         if let Some(pod) = new.filter(|p| p.controller().is_none() && p.is_active()) {
             for rs in cache.list(Kind::ReplicaSet, Some(&pod.namespace)) {
