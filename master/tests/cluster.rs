@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{mqtt_publish, ok, wait_until, Agent, Master, Mosquitto};
+use support::{add_node, mqtt_publish, ok, wait_until, Agent, Master, Mosquitto};
 
 /// How long a pod or a node may take to get where a test expects it.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -23,17 +23,6 @@ fn start_master(dir: &Path, extra: &[&str]) -> Master {
     let mut flags = FAST_HEARTBEATS.to_vec();
     flags.extend_from_slice(extra);
     Master::start(&dir.join("data"), &flags)
-}
-
-/// `bramble node add NAME`: the token it prints.
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (printed, token) = line.split_once(' ').unwrap_or_else(|| {
-        panic!("`bramble node add {name}` should print `NAME TOKEN`, printed {out:?}")
-    });
-    assert_eq!(printed, name);
-    token.trim().to_string()
 }
 
 fn get_json(master: &Master, args: &[&str]) -> Result<Value, String> {

@@ -26,18 +26,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::real::{RealNode, IMAGE};
-use support::{fails, ok, stderr, stdout, wait_until, Master};
+use support::{add_node, fails, ok, stderr, stdout, wait_until, Master};
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (_, token) = line
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("`bramble node add` printed {out:?}"));
-    token.trim().to_string()
-}
 
 fn apply(master: &Master, object: &Value) {
     ok(master.bramble_stdin(&["apply", "-f", "-"], &object.to_string()));

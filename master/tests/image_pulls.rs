@@ -17,18 +17,9 @@ use bramble_agent::images::busybox;
 use registry_support::Registry;
 use serde_json::Value;
 use support::real::RealNode;
-use support::{ok, wait_until, Master};
+use support::{add_node, ok, wait_until, Master};
 
 const SETTLE: Duration = Duration::from_secs(90);
-
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (_, token) = line
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("`bramble node add` printed {out:?}"));
-    token.trim().to_string()
-}
 
 fn event_lines(master: &Master) -> Result<Vec<Value>, String> {
     let out = master.kubectl(&["get", "events", "-o", "json"]);

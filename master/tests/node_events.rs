@@ -15,19 +15,10 @@ use std::time::Duration;
 use bramble_common::wire::{self, Message, NodeEvent, NodeEvents};
 use serde_json::{json, Value};
 use support::real::{RealNode, IMAGE};
-use support::{ok, wait_until, Master};
+use support::{add_node, ok, wait_until, Master};
 
 /// How long a pod or a node may take to get where a test expects it.
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (_, token) = line
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("`bramble node add` printed {out:?}"));
-    token.trim().to_string()
-}
 
 /// Every Event, as the stock kubectl lists them.
 fn events(master: &Master) -> Result<Vec<Value>, String> {

@@ -14,19 +14,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::real::RealNode;
-use support::{ok, wait_until, Master};
+use support::{add_node, ok, wait_until, Master};
 
 /// The agent measures every 10 s; a change shows within two rounds.
 const SETTLE: Duration = Duration::from_secs(40);
-
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (_, token) = line
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("`bramble node add` printed {out:?}"));
-    token.trim().to_string()
-}
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);

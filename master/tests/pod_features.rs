@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::real::{RealNode, IMAGE};
-use support::{fails, ok, wait_until, Master};
+use support::{add_node, fails, ok, wait_until, Master};
 
 /// How long a pod may take to get where the test expects it.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -30,15 +30,6 @@ const PROBE: &str =
 /// Prints who the process is and what it may do.
 const IDENTITY: &str = "echo uid=$(id -u) gid=$(id -g) groups=\"$(id -G)\"; \
      grep -E '^(NoNewPrivs|CapEff|Seccomp):' /proc/self/status";
-
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (_, token) = line
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("`bramble node add` printed {out:?}"));
-    token.trim().to_string()
-}
 
 fn pod(name: &str, node: &str, script: &str) -> Value {
     json!({

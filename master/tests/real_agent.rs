@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::real::{RealNode, IMAGE};
-use support::{fails, ok, stdout, wait_until, Agent, Master};
+use support::{add_node, fails, ok, stdout, wait_until, Agent, Master};
 
 /// How long a pod or a node may take to get where a test expects it.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -39,16 +39,6 @@ fn start_master(dir: &Path) -> Master {
 /// A node name unique to this test process (cgroups carry it).
 fn node_name(tag: &str) -> String {
     format!("{tag}-{}", std::process::id())
-}
-
-/// `bramble node add NAME`: the token it prints.
-fn add_node(master: &Master, name: &str) -> String {
-    let out = ok(master.bramble(&["node", "add", name]));
-    let line = out.lines().next().unwrap_or_default();
-    let (_, token) = line
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("`bramble node add` printed {out:?}"));
-    token.trim().to_string()
 }
 
 /// Register a node named after `tag` and start a real agent for it

@@ -166,6 +166,17 @@ impl Drop for Master {
     }
 }
 
+/// Register node `name` with `bramble node add` and return its join token.
+pub fn add_node(master: &Master, name: &str) -> String {
+    let out = ok(master.bramble(&["node", "add", name]));
+    let line = out.lines().next().unwrap_or_default();
+    let (printed, token) = line.split_once(' ').unwrap_or_else(|| {
+        panic!("`bramble node add {name}` should print `NAME TOKEN`, printed {out:?}")
+    });
+    assert_eq!(printed, name);
+    token.trim().to_string()
+}
+
 /// Run curl against the master (trusting its CA); `(HTTP code, body)`.
 pub fn curl(master: &Master, args: &[&str]) -> (u16, String) {
     let ca = master.data_dir.join("pki/ca.crt");
